@@ -1,0 +1,17 @@
+"""Datasets, partitioners and federated views of them."""
+
+from data_prep.datasets import DATASETS, ArraySplits, DatasetInfo, get_dataset_info, register_dataset
+from data_prep.federated import Federation, load_federation
+from data_prep.partition import PARTITIONS, partition_indices
+
+__all__ = [
+    "DATASETS",
+    "PARTITIONS",
+    "ArraySplits",
+    "DatasetInfo",
+    "Federation",
+    "get_dataset_info",
+    "load_federation",
+    "partition_indices",
+    "register_dataset",
+]

@@ -1,0 +1,98 @@
+"""Dataset registry: each entry decodes a dataset once into compact arrays.
+
+A loader returns :class:`ArraySplits` (uint8 images ``N x C x H x W`` and int64
+labels for train and test). New datasets (torchvision sets, Fed-ISIC2019)
+register here without touching ``simulations/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset, known without loading it."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    default_model: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ArraySplits:
+    """Decoded images (uint8, NCHW) and labels (int64) of a train/test split."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in ("x_train", "x_test"):
+            arr = getattr(self, name)
+            if arr.dtype != np.uint8 or arr.ndim != 4:
+                raise ValueError(f"{name} must be uint8 N x C x H x W, got {arr.dtype} {arr.shape}")
+        if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
+            raise ValueError("images and labels differ in length")
+
+
+Loader = Callable[[int, dict[str, Any]], ArraySplits]
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    info: DatasetInfo
+    load: Loader = field(repr=False)
+
+
+DATASETS: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(info: DatasetInfo, load: Loader) -> None:
+    """Register a dataset; ``load(seed, options)`` returns its :class:`ArraySplits`."""
+    DATASETS[info.name] = DatasetEntry(info, load)
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise KeyError(f"dataset={name!r} is unknown; allowed: {sorted(DATASETS)}")
+    return DATASETS[name].info
+
+
+def load_digits_splits(seed: int, options: dict[str, Any]) -> ArraySplits:
+    """scikit-learn's bundled 8x8 digits (1,797 images), seeded stratified 75/25 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    labels = digits.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        images, labels, test_size=float(options.get("test-fraction", 0.25)), stratify=labels, random_state=seed
+    )
+    return ArraySplits(x_tr, y_tr, x_te, y_te)
+
+
+register_dataset(
+    DatasetInfo(
+        name="digits",
+        num_classes=10,
+        in_channels=1,
+        image_size=8,
+        default_model="cnn",
+        mean=(0.305,),
+        std=(0.383,),
+        class_names=tuple(str(i) for i in range(10)),
+    ),
+    load_digits_splits,
+)

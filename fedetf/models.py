@@ -1,0 +1,143 @@
+"""Backbones, feature heads and classifier heads with named parts.
+
+A :class:`FedModel` is ``backbone -> feature_head -> classifier``. The three are
+separate submodules so strategies and methods can address them by state-dict
+key prefix (``backbone.``, ``feature_head.``, ``classifier.``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from fedetf.etf import simplex_etf
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks and global pooling; works on 8x8, 28x28 and 32x32 inputs."""
+
+    def __init__(self, in_channels: int = 1, width: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
+        self.out_dim = 2 * width * 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def resnet18_cifar(in_channels: int = 3) -> nn.Module:
+    """ResNet-18, CIFAR variant: 3x3 stem with stride 1 and no max-pool."""
+    net = torchvision.models.resnet18(weights=None)
+    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    net.out_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net
+
+
+BACKBONES = {"cnn": SmallCNN, "resnet18": resnet18_cifar}
+
+
+class FeatureHead(nn.Module):
+    """MLP projection to ``dim`` features, optionally BatchNorm-ed (FedGELA)."""
+
+    def __init__(self, in_dim: int, dim: int, hidden: int = 256, batchnorm: bool = False) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+        self.norm = nn.BatchNorm1d(dim) if batchnorm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.mlp(x))
+
+
+class LinearHead(nn.Module):
+    """Learned linear classifier (FedAvg and most baselines)."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, h: torch.Tensor, personal: bool = False) -> torch.Tensor:
+        return self.fc(h)
+
+
+class ETFHead(nn.Module):
+    """Fixed simplex-ETF classifier with FedGELA's local adaptation.
+
+    Generic logits are ``h^T M``. Personal (locally adapted) logits are
+    ``h^T M diag(Ew) / T`` where ``Ew`` is the client's adaptation vector. ``M``
+    is a persistent buffer (saved with the model, never trained); ``Ew`` is a
+    non-persistent buffer, so it never leaves the client.
+    """
+
+    def __init__(self, dim: int, num_classes: int, seed: int, temperature: float = 0.2) -> None:
+        super().__init__()
+        self.temperature = float(temperature)
+        self.register_buffer("etf", simplex_etf(num_classes, dim, seed))
+        self.register_buffer("adaptation", torch.ones(num_classes), persistent=False)
+
+    def set_adaptation(self, ew: torch.Tensor) -> None:
+        """Set the per-class scale vector ``Ew`` (length K)."""
+        self.adaptation.copy_(ew.to(self.adaptation))
+
+    def forward(self, h: torch.Tensor, personal: bool = False) -> torch.Tensor:
+        logits = h @ self.etf
+        if personal:
+            logits = logits * self.adaptation / self.temperature
+        return logits
+
+
+class FedModel(nn.Module):
+    """``backbone -> feature_head -> classifier`` with named, swappable parts."""
+
+    def __init__(self, backbone: nn.Module, feature_head: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.feature_head = feature_head
+        self.classifier = classifier
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_head(self.backbone(x))
+
+    def forward(self, x: torch.Tensor, personal: bool = False) -> torch.Tensor:
+        return self.classifier(self.features(x), personal=personal)
+
+
+def build_model(
+    backbone: str,
+    in_channels: int,
+    num_classes: int,
+    feature_dim: int,
+    head: str = "linear",
+    seed: int = 0,
+    temperature: float = 0.2,
+) -> FedModel:
+    """Build a :class:`FedModel`; ``head`` is ``"linear"`` or ``"etf"``.
+
+    Initialisation is seeded by ``seed`` so every process builds the same model.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"model={backbone!r} is unknown; allowed: {sorted(BACKBONES)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        body = BACKBONES[backbone](in_channels=in_channels)
+        if head == "etf":
+            feat = FeatureHead(body.out_dim, feature_dim, batchnorm=True)
+            cls: nn.Module = ETFHead(feature_dim, num_classes, seed=seed, temperature=temperature)
+        elif head == "linear":
+            feat = FeatureHead(body.out_dim, feature_dim, batchnorm=False)
+            cls = LinearHead(feature_dim, num_classes)
+        else:
+            raise ValueError(f"head={head!r} is unknown; allowed: ['etf', 'linear']")
+    return FedModel(body, feat, cls)

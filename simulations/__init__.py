@@ -1,0 +1,1 @@
+"""Flower ServerApp/ClientApp, run-config parsing, results writing."""

@@ -1,0 +1,73 @@
+"""A Grid wrapper that makes any strategy reproducible and observable.
+
+Simulated node ids are random per run. After one handshake that asks each
+node for its partition id, :class:`PartitionOrderedGrid` lists nodes in
+partition order (so a seeded ``random.sample`` in any strategy picks the same
+partitions every run), returns replies in partition order (so float sums in
+aggregation happen in the same order), and hands every train reply to a
+callback (per-client metrics for ``clients.csv``), whatever the strategy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+
+class PartitionOrderedGrid(Grid):
+    """Delegates to ``inner``; orders nodes and replies by partition id."""
+
+    def __init__(self, inner: Grid, on_train_replies: Callable[[list[Message]], None] | None = None) -> None:
+        self.inner = inner
+        self.on_train_replies = on_train_replies
+        self.partition_of: dict[int, int] = {}
+
+    def handshake(self, timeout: float = 600.0) -> dict[int, int]:
+        """Ask every node for (partition-id, num-partitions); return node -> partition."""
+        nodes = list(self.inner.get_node_ids())
+        msgs = [
+            Message(content=RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
+            for n in nodes
+        ]
+        replies = list(self.inner.send_and_receive(msgs, timeout=timeout))
+        errors = [r.error.reason for r in replies if r.has_error()]
+        if errors or len(replies) != len(nodes):
+            raise RuntimeError(f"handshake failed ({len(replies)}/{len(nodes)} replies): {errors[:1]}")
+        self.partition_of = {r.metadata.src_node_id: int(r.content["node"]["partition-id"]) for r in replies}
+        self.num_partitions = {int(r.content["node"]["num-partitions"]) for r in replies}
+        return self.partition_of
+
+    def _order(self, node_id: int) -> tuple[int, int]:
+        return (self.partition_of.get(node_id, 1 << 62), node_id)
+
+    # Grid API --------------------------------------------------------------
+    def set_run(self, run: Any) -> None:
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self.inner.run
+
+    def create_message(self, *args, **kwargs) -> Message:  # type: ignore[no-untyped-def]
+        return self.inner.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return sorted(self.inner.get_node_ids(), key=self._order)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        replies = sorted(
+            self.inner.send_and_receive(messages, timeout=timeout), key=lambda m: self._order(m.metadata.src_node_id)
+        )
+        if self.on_train_replies and messages and messages[0].metadata.message_type == MessageType.TRAIN:
+            self.on_train_replies(replies)
+        return replies

@@ -1,0 +1,72 @@
+"""Run an experiment in-process with Flower's simulation engine (Ray backend).
+
+``flwr run .`` is the user's entry point; this helper runs the same ServerApp
+and ClientApp handlers through ``flwr.simulation.run_simulation`` for tests
+and benchmarks, with run-config overrides applied on top of pyproject.toml's
+``[tool.flwr.app.config]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from simulations import client_app, server_app
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def default_run_config() -> dict[str, Any]:
+    """``[tool.flwr.app.config]`` from the project's pyproject.toml."""
+    with PYPROJECT.open("rb") as f:
+        return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
+
+
+def make_apps(overrides: dict[str, Any]) -> tuple[ServerApp, ClientApp]:
+    """ServerApp and ClientApp that see the defaults plus ``overrides`` as run config."""
+    run_config = {**default_run_config(), **overrides}
+
+    def inject(fn: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+        def handler(msg: Message, context: Context) -> Message:
+            # The node's Context may not be modified; hand the handler a view
+            # that shares its state but carries the overridden run config.
+            return fn(msg, dataclasses.replace(context, run_config=dict(run_config)))
+
+        return handler
+
+    client = ClientApp()
+    client.train()(inject(client_app.train))
+    client.evaluate()(inject(client_app.evaluate_local))
+    client.query()(inject(client_app.query))
+
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        context.run_config = dict(run_config)
+        server_app.main(grid, context)
+
+    return server, client
+
+
+def run_local(
+    overrides: dict[str, Any], num_supernodes: int | None = None, num_cpus: float = 1, num_gpus: float = 0.0
+) -> None:
+    """Run one experiment on the Ray backend; ``num_supernodes`` defaults to ``num-clients``."""
+    from flwr.simulation import run_simulation
+
+    server, client = make_apps(overrides)
+    nodes = num_supernodes or int({**default_run_config(), **overrides}["num-clients"])
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=nodes,
+        backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus}},
+    )

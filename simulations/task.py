@@ -1,0 +1,49 @@
+"""What ServerApp and ClientApp both derive from a run config."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from data_prep.federated import Federation, load_federation
+from fedetf.methods import LocalMethod, ModelSpec, get_method
+from simulations.config import RunConfig
+from strategies.registry import client_method_for, resolve_strategy
+
+
+def federation(cfg: RunConfig) -> Federation:
+    """The run's partitioned dataset (decoded once per process)."""
+    return load_federation(
+        cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed, cfg.classes_per_client, cfg.dirichlet_beta
+    )
+
+
+@lru_cache(maxsize=8)
+def local_method(cfg: RunConfig) -> LocalMethod:
+    """The client-side method paired with the run's strategy."""
+    info = federation(cfg).info
+    spec = ModelSpec(
+        backbone=cfg.model_name,
+        in_channels=info.in_channels,
+        num_classes=info.num_classes,
+        feature_dim=cfg.feature_dim,
+        seed=cfg.seed,
+        temperature=cfg.temperature,
+        adaptation=cfg.adaptation,
+    )
+    return get_method(client_method_for(resolve_strategy(cfg.strategy), cfg.client_method), spec)
+
+
+def device(cfg: RunConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but torch sees no GPU; use device='auto' or 'cpu'")
+    return torch.device(cfg.device)
+
+
+def round_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """A seed unique to (run seed, round, client) for shuffling and dropout."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])

@@ -1,0 +1,6 @@
+"""Server-side strategies (Flower message-based) and the strategy registry."""
+
+from strategies.fedgela import FedGELA
+from strategies.registry import BUILTIN_STRATEGIES, build_strategy, client_method_for, resolve_strategy
+
+__all__ = ["BUILTIN_STRATEGIES", "FedGELA", "build_strategy", "client_method_for", "resolve_strategy"]
