@@ -6,6 +6,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedetf.methods import LocalMethod
 from fedetf.train import TrainSettings, evaluate, train_local
 from simulations.config import RunConfig, parse_run_config
 from simulations.task import device, federation, local_method, round_seed
@@ -13,14 +14,14 @@ from simulations.task import device, federation, local_method, round_seed
 app = ClientApp()
 
 
-def _setup(msg: Message, context: Context) -> tuple[RunConfig, int, torch.nn.Module, torch.device]:
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, int, LocalMethod, torch.nn.Module, torch.device]:
     cfg = parse_run_config(context.run_config)
     pid = int(context.node_config["partition-id"])
-    method = local_method(cfg)
+    method = local_method(cfg, str(msg.content["config"]["method"]))
     model = method.build_model()
     method.load_global(model, msg.content["arrays"].to_torch_state_dict())
     method.prepare(model, torch.from_numpy(federation(cfg).label_counts(pid)))
-    return cfg, pid, model, device(cfg)
+    return cfg, pid, method, model, device(cfg)
 
 
 @app.query()
@@ -33,13 +34,13 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train locally, then evaluate the locally adapted model on the local test split."""
-    cfg, pid, model, dev = _setup(msg, context)
+    cfg, pid, method, model, dev = _setup(msg, context)
     server_round = int(msg.content["config"]["server-round"])
     seed = round_seed(cfg.seed, server_round, pid)
     torch.manual_seed(seed)
     train_loader, test_loader = federation(cfg).client_loaders(pid, cfg.batch_size, seed, cfg.drop_last)
     settings = TrainSettings(cfg.local_epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_grad_norm)
-    loss, steps = train_local(model, local_method(cfg), train_loader, settings, dev)
+    loss, steps = train_local(model, method, train_loader, settings, dev)
     personal = evaluate(model, test_loader, personal=True, device=dev)
     n_train = len(train_loader.dataset)
     metrics = MetricRecord(
@@ -61,7 +62,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Evaluate the received model, locally adapted, on the local test split."""
-    cfg, pid, model, dev = _setup(msg, context)
+    cfg, pid, _, model, dev = _setup(msg, context)
     _, test_loader = federation(cfg).client_loaders(pid, cfg.batch_size, cfg.seed)
     res = evaluate(model, test_loader, personal=True, device=dev)
     metrics = MetricRecord({"num-examples": res.num_examples, "personal-acc": res.acc, "personal-bacc": res.bacc})

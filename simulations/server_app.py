@@ -16,7 +16,7 @@ from fedetf.train import evaluate
 from simulations.config import ConfigError, RunConfig, parse_run_config
 from simulations.grid import PartitionOrderedGrid
 from simulations.results import RunRecorder, format_summary, fresh_output_dir
-from simulations.task import device, federation, local_method
+from simulations.task import device, federation, local_method, method_name
 from strategies.registry import StrategyError, build_strategy, resolve_strategy
 
 app = ServerApp()
@@ -68,7 +68,7 @@ def run(grid: Grid, cfg: RunConfig, strategy: Any) -> RunRecorder:
     random.seed(cfg.seed)  # Flower's node sampling uses the global `random`
     torch.manual_seed(cfg.seed)
     fed = federation(cfg)
-    method = local_method(cfg)
+    method = local_method(cfg, method_name(cfg))
     dev = device(cfg)
     model = method.build_model()
     test_loader = fed.global_test_loader()
@@ -168,7 +168,8 @@ def run(grid: Grid, cfg: RunConfig, strategy: Any) -> RunRecorder:
         grid=ordered,
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=cfg.num_server_rounds,
-        train_config=ConfigRecord({"local-epochs": cfg.local_epochs}),
+        train_config=ConfigRecord({"method": method.name, "local-epochs": cfg.local_epochs}),
+        evaluate_config=ConfigRecord({"method": method.name}),
         evaluate_fn=evaluate_fn,
     )
     recorder.timings["train_seconds"] = time.time() - t0

@@ -20,9 +20,14 @@ def federation(cfg: RunConfig) -> Federation:
     )
 
 
+def method_name(cfg: RunConfig) -> str:
+    """The client-side method paired with the run's strategy (resolved on the server)."""
+    return client_method_for(resolve_strategy(cfg.strategy), cfg.client_method)
+
+
 @lru_cache(maxsize=8)
-def local_method(cfg: RunConfig) -> LocalMethod:
-    """The client-side method paired with the run's strategy."""
+def local_method(cfg: RunConfig, name: str) -> LocalMethod:
+    """Build the client-side method ``name`` for this run's dataset and model."""
     info = federation(cfg).info
     spec = ModelSpec(
         backbone=cfg.model_name,
@@ -33,7 +38,7 @@ def local_method(cfg: RunConfig) -> LocalMethod:
         temperature=cfg.temperature,
         adaptation=cfg.adaptation,
     )
-    return get_method(client_method_for(resolve_strategy(cfg.strategy), cfg.client_method), spec)
+    return get_method(name, spec)
 
 
 def device(cfg: RunConfig) -> torch.device:

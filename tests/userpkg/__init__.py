@@ -1,0 +1,1 @@
+"""A user's package, outside fedetf, holding a custom strategy (see README)."""
