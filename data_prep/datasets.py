@@ -1,17 +1,21 @@
-"""Dataset registry: each entry decodes a dataset once into compact arrays.
+"""Dataset registry: each entry decodes a dataset once into a compact form.
 
-A loader returns :class:`ArraySplits` (uint8 images ``N x C x H x W`` and int64
-labels for train and test). New datasets (torchvision sets, Fed-ISIC2019)
-register here without touching ``simulations/``.
+A loader returns a :class:`Splits`: train/test labels plus a way to build a
+torch ``Dataset`` over any subset. :class:`ArraySplits` holds uint8 images
+``N x C x H x W`` (in memory or memory-mapped); Fed-ISIC2019 has its own
+source over a prepared cache. New datasets register here without touching
+``simulations/``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,38 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...] = ()
+    #: Training augmentation for small images: none | crop | crop-flip.
+    train_augment: str = "none"
+    #: Number of natural clients (e.g. hospitals); 0 if the dataset has none.
+    natural_clients: int = 0
+    #: Default local loss: ce | focal.
+    default_loss: str = "ce"
+    #: Batch size of evaluation loaders.
+    eval_batch_size: int = 512
+
+
+class Splits(Protocol):
+    """What a dataset loader returns."""
+
+    y_train: np.ndarray
+    y_test: np.ndarray
+
+    def dataset(self, split: str, idx: np.ndarray, train: bool, info: DatasetInfo) -> Dataset:
+        """A torch Dataset over ``idx`` of ``split`` (train transforms when ``train``)."""
+        ...
+
+
+class ArrayDataset(Dataset):
+    """uint8 CHW images with a per-sample transform."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, transform: Any) -> None:
+        self.x, self.y, self.transform = x, torch.from_numpy(np.ascontiguousarray(y)), transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(torch.from_numpy(np.array(self.x[i]))), self.y[i]
 
 
 @dataclass(frozen=True)
@@ -45,8 +81,21 @@ class ArraySplits:
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
             raise ValueError("images and labels differ in length")
 
+    def dataset(self, split: str, idx: np.ndarray, train: bool, info: DatasetInfo) -> Dataset:
+        x = (self.x_train if split == "train" else self.x_test)[idx]
+        y = (self.y_train if split == "train" else self.y_test)[idx]
+        if train and info.train_augment != "none":
+            from data_prep.transforms import small_image_transform
 
-Loader = Callable[[int, dict[str, Any]], ArraySplits]
+            return ArrayDataset(x, y, small_image_transform(info.train_augment, info.image_size, info.mean, info.std))
+        # No augmentation: normalise the whole subset once.
+        mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+        std = torch.tensor(info.std).view(1, -1, 1, 1)
+        images = (torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0) - mean) / std
+        return TensorDataset(images, torch.from_numpy(np.ascontiguousarray(y)))
+
+
+Loader = Callable[[int, dict[str, Any]], Splits]
 
 
 @dataclass(frozen=True)
@@ -59,7 +108,7 @@ DATASETS: dict[str, DatasetEntry] = {}
 
 
 def register_dataset(info: DatasetInfo, load: Loader) -> None:
-    """Register a dataset; ``load(seed, options)`` returns its :class:`ArraySplits`."""
+    """Register a dataset; ``load(seed, options)`` returns its :class:`Splits`."""
     DATASETS[info.name] = DatasetEntry(info, load)
 
 

@@ -7,9 +7,9 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-from data_prep.datasets import DATASETS, ArraySplits, DatasetInfo
+from data_prep.datasets import DATASETS, DatasetInfo, Splits
 from data_prep.partition import partition_indices
 
 
@@ -18,7 +18,7 @@ class Federation:
     """A dataset, its per-client partition, and a balanced global test set."""
 
     info: DatasetInfo
-    data: ArraySplits
+    data: Splits
     parts: list[tuple[np.ndarray, np.ndarray]]
     global_test: np.ndarray
 
@@ -32,32 +32,37 @@ class Federation:
         labels = self.data.y_train[tr] if split == "train" else self.data.y_test[te]
         return np.bincount(labels, minlength=self.info.num_classes)
 
-    def _tensors(self, x: np.ndarray, y: np.ndarray) -> TensorDataset:
-        mean = torch.tensor(self.info.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.info.std).view(1, -1, 1, 1)
-        images = (torch.from_numpy(x).float().div_(255.0) - mean) / std
-        return TensorDataset(images, torch.from_numpy(y))
+    def pooled_train_counts(self) -> np.ndarray:
+        """Per-class counts of the pooled train split of all clients."""
+        labels = np.concatenate([self.data.y_train[tr] for tr, _ in self.parts])
+        return np.bincount(labels, minlength=self.info.num_classes)
 
     def client_loaders(
-        self, cid: int, batch_size: int, seed: int, drop_last: bool = False
+        self, cid: int, batch_size: int, seed: int, drop_last: bool = False, num_workers: int = 0
     ) -> tuple[DataLoader, DataLoader]:
-        """Train (shuffled, seeded) and test loaders over client ``cid``'s data only."""
+        """Train (shuffled, seeded, augmented) and test loaders over client ``cid``'s data only."""
         tr, te = self.parts[cid]
-        d = self.data
         gen = torch.Generator().manual_seed(seed)
         train = DataLoader(
-            self._tensors(d.x_train[tr], d.y_train[tr]),
+            self.data.dataset("train", tr, True, self.info),
             batch_size=batch_size,
             shuffle=True,
             generator=gen,
             drop_last=drop_last and len(tr) >= batch_size,
+            num_workers=num_workers,
         )
-        test = DataLoader(self._tensors(d.x_test[te], d.y_test[te]), batch_size=512)
-        return train, test
+        return train, self._eval_loader(te, num_workers)
 
-    def global_test_loader(self, batch_size: int = 512) -> DataLoader:
-        d = self.data
-        return DataLoader(self._tensors(d.x_test[self.global_test], d.y_test[self.global_test]), batch_size=batch_size)
+    def _eval_loader(self, idx: np.ndarray, num_workers: int = 0) -> DataLoader:
+        return DataLoader(
+            self.data.dataset("test", idx, False, self.info),
+            batch_size=self.info.eval_batch_size,
+            num_workers=num_workers,
+        )
+
+    def global_test_loader(self, num_workers: int = 0) -> DataLoader:
+        """The balanced global test set (generic accuracy)."""
+        return self._eval_loader(self.global_test, num_workers)
 
 
 def balanced_subset(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -70,7 +75,7 @@ def balanced_subset(labels: np.ndarray, seed: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def load_dataset(name: str, seed: int, options: tuple[tuple[str, object], ...] = ()) -> ArraySplits:
+def load_dataset(name: str, seed: int, options: tuple[tuple[str, object], ...] = ()) -> Splits:
     """Decode a registered dataset once per process."""
     return DATASETS[name].load(seed, dict(options))
 
@@ -87,13 +92,25 @@ def load_federation(
 ) -> Federation:
     """Decode (cached) and partition a dataset; a pure function of its arguments."""
     data = load_dataset(dataset, seed, options)
-    parts = partition_indices(
-        partition,
-        data.y_train,
-        data.y_test,
-        num_clients,
-        seed,
-        classes_per_client=classes_per_client,
-        beta=dirichlet_beta,
-    )
-    return Federation(DATASETS[dataset].info, data, parts, balanced_subset(data.y_test, seed))
+    if partition == "natural":
+        parts = natural_parts(data, num_clients)
+        # The pooled test set is the generic view of a natural federation.
+        global_test = np.arange(len(data.y_test))
+    else:
+        parts = partition_indices(
+            partition,
+            data.y_train,
+            data.y_test,
+            num_clients,
+            seed,
+            classes_per_client=classes_per_client,
+            beta=dirichlet_beta,
+        )
+        global_test = balanced_subset(data.y_test, seed)
+    return Federation(DATASETS[dataset].info, data, parts, global_test)
+
+
+def natural_parts(data: Splits, num_clients: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per-client indices from the dataset's own client ids (e.g. hospitals)."""
+    c_train, c_test = data.clients_train, data.clients_test  # type: ignore[attr-defined]
+    return [(np.flatnonzero(c_train == c), np.flatnonzero(c_test == c)) for c in range(num_clients)]

@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from fedetf.losses import build_criterion
 from fedetf.models import ETFHead, FedModel, build_model
 
 
@@ -28,10 +28,13 @@ class ModelSpec:
     seed: int
     temperature: float = 0.2
     adaptation: str = "proportion"
+    loss: str = "ce"
+    class_weights: tuple[float, ...] = ()
+    weights_path: str = ""
 
 
 class LocalMethod:
-    """FedAvg's client: cross-entropy on a learned linear head.
+    """FedAvg's client: the run's loss (cross-entropy by default) on a learned linear head.
 
     Subclasses override only the hooks that differ.
     """
@@ -44,6 +47,7 @@ class LocalMethod:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
+        self.criterion = build_criterion(spec.loss, spec.class_weights)
 
     def build_model(self) -> FedModel:
         s = self.spec
@@ -55,6 +59,7 @@ class LocalMethod:
             head=self.head,
             seed=s.seed,
             temperature=s.temperature,
+            weights_path=s.weights_path,
         )
 
     def load_global(self, model: FedModel, state: dict[str, torch.Tensor]) -> None:
@@ -77,7 +82,7 @@ class LocalMethod:
         return (p for p in model.parameters() if p.requires_grad)
 
     def loss(self, model: FedModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(x, personal=True), y)
+        return self.criterion(model(x, personal=True), y)
 
 
 FedAvgMethod = LocalMethod
@@ -86,7 +91,7 @@ FedAvgMethod = LocalMethod
 class FedGELAMethod(LocalMethod):
     """FedGELA's client: fixed global ETF, locally adapted by ``Ew = K * n_c / n``.
 
-    The loss is cross-entropy on ``h^T M diag(Ew) / T``; ``Ew`` is computed once
+    The loss (cross-entropy, or the run's loss) is taken on ``h^T M diag(Ew) / T``; ``Ew`` is computed once
     from the client's label counts and not learned (``adaptation="none"`` keeps
     ``Ew = 1``, i.e. a plain fixed ETF with temperature, for ablations).
     """

@@ -46,7 +46,26 @@ def resnet18_cifar(in_channels: int = 3) -> nn.Module:
     return net
 
 
-BACKBONES = {"cnn": SmallCNN, "resnet18": resnet18_cifar}
+def efficientnet_b0(in_channels: int = 3, weights_path: str = "") -> nn.Module:
+    """torchvision EfficientNet-B0 trunk (1280-d pooled features).
+
+    ImageNet weights come from a local file (``weights_path``: a torchvision
+    ``efficientnet_b0`` state dict); without one the trunk starts from scratch.
+    """
+    if in_channels != 3:
+        raise ValueError("efficientnet_b0 needs 3-channel images")
+    net = torchvision.models.efficientnet_b0(weights=None)
+    if weights_path:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        missing, _ = net.load_state_dict(state, strict=False)
+        if any(k.startswith("features.") for k in missing):
+            raise ValueError(f"{weights_path}: not an efficientnet_b0 state dict (missing {missing[:3]})")
+    trunk = nn.Sequential(net.features, net.avgpool, nn.Flatten())
+    trunk.out_dim = net.classifier[1].in_features
+    return trunk
+
+
+BACKBONES = {"cnn": SmallCNN, "resnet18": resnet18_cifar, "efficientnet_b0": efficientnet_b0}
 
 
 class FeatureHead(nn.Module):
@@ -122,16 +141,19 @@ def build_model(
     head: str = "linear",
     seed: int = 0,
     temperature: float = 0.2,
+    weights_path: str = "",
 ) -> FedModel:
     """Build a :class:`FedModel`; ``head`` is ``"linear"`` or ``"etf"``.
 
     Initialisation is seeded by ``seed`` so every process builds the same model.
+    ``weights_path`` (EfficientNet-B0 only) loads pretrained trunk weights.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"model={backbone!r} is unknown; allowed: {sorted(BACKBONES)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        body = BACKBONES[backbone](in_channels=in_channels)
+        extra = {"weights_path": weights_path} if backbone == "efficientnet_b0" else {}
+        body = BACKBONES[backbone](in_channels=in_channels, **extra)
         if head == "etf":
             feat = FeatureHead(body.out_dim, feature_dim, batchnorm=True)
             cls: nn.Module = ETFHead(feature_dim, num_classes, seed=seed, temperature=temperature)

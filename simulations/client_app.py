@@ -38,7 +38,9 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"]["server-round"])
     seed = round_seed(cfg.seed, server_round, pid)
     torch.manual_seed(seed)
-    train_loader, test_loader = federation(cfg).client_loaders(pid, cfg.batch_size, seed, cfg.drop_last)
+    train_loader, test_loader = federation(cfg).client_loaders(
+        pid, cfg.batch_size, seed, cfg.drop_last, cfg.num_workers
+    )
     settings = TrainSettings(cfg.local_epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_grad_norm)
     loss, steps = train_local(model, method, train_loader, settings, dev)
     personal = evaluate(model, test_loader, personal=True, device=dev)
@@ -63,7 +65,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Evaluate the received model, locally adapted, on the local test split."""
     cfg, pid, _, model, dev = _setup(msg, context)
-    _, test_loader = federation(cfg).client_loaders(pid, cfg.batch_size, cfg.seed)
+    _, test_loader = federation(cfg).client_loaders(pid, cfg.batch_size, cfg.seed, num_workers=cfg.num_workers)
     res = evaluate(model, test_loader, personal=True, device=dev)
     metrics = MetricRecord({"num-examples": res.num_examples, "personal-acc": res.acc, "personal-bacc": res.bacc})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -31,6 +31,8 @@ class RunConfig:
     strategy_args: str = "{}"
     client_method: str = "auto"
     dataset: str = "digits"
+    data_root: str = ""
+    download: bool = False
     partition: str = "pcdd"
     classes_per_client: int = 3
     dirichlet_beta: float = 0.5
@@ -45,12 +47,15 @@ class RunConfig:
     weight_decay: float = 1e-4
     clip_grad_norm: float = 20.0
     model: str = "auto"
+    pretrained_weights: str = ""
+    loss: str = "auto"
     feature_dim: int = 128
     temperature: float = 0.2
     adaptation: str = "proportion"
     aggregation_weight: str = "examples"
     seed: int = 0
     device: str = "auto"
+    num_workers: int = 0
     output_dir: str = ""
 
     @property
@@ -60,6 +65,24 @@ class RunConfig:
     @property
     def num_classes(self) -> int:
         return DATASETS[self.dataset].info.num_classes
+
+    @property
+    def natural(self) -> bool:
+        """Whether the dataset brings its own clients (PCDD settings are then ignored)."""
+        return DATASETS[self.dataset].info.natural_clients > 0
+
+    @property
+    def effective_partition(self) -> str:
+        return "natural" if self.natural else self.partition
+
+    @property
+    def loss_name(self) -> str:
+        return DATASETS[self.dataset].info.default_loss if self.loss == "auto" else self.loss
+
+    @property
+    def data_options(self) -> tuple[tuple[str, object], ...]:
+        """Options handed to the dataset loader (hashable, for caching)."""
+        return (("data-root", self.data_root), ("download", self.download))
 
     @property
     def strategy_kwargs(self) -> dict[str, Any]:
@@ -101,12 +124,17 @@ def _json_object(v: Any) -> str | None:
         return "a JSON object string, e.g. '{\"proximal_mu\": 0.01}'"
 
 
-def _absolute_or_empty(v: Any) -> str | None:
-    return (
-        None
-        if v == "" or Path(v).is_absolute()
-        else "an absolute path, or '' for a fresh runs/<time>-<strategy>-<dataset>"
-    )
+def _absolute_or_empty(what: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v == "" or Path(v).is_absolute() else f"an absolute path, or '' for {what}"
+
+    return check
+
+
+def _existing_file_or_empty(v: Any) -> str | None:
+    if v == "":
+        return None
+    return None if Path(v).is_file() else "an existing weights file (absolute path), or '' to train from scratch"
 
 
 CHECKS: dict[str, Callable[[Any], str | None]] = {
@@ -118,7 +146,11 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "aggregation_weight": _one_of(lambda: ["batches", "examples"]),
     "device": _one_of(lambda: ["auto", "cpu", "cuda"]),
     "strategy_args": _json_object,
-    "output_dir": _absolute_or_empty,
+    "output_dir": _absolute_or_empty("a fresh runs/<time>-<strategy>-<dataset>"),
+    "data_root": _absolute_or_empty("$FEDETF_DATA_ROOT or ~/.cache/fedetf/data"),
+    "pretrained_weights": _existing_file_or_empty,
+    "loss": _one_of(lambda: ["auto", "ce", "focal"]),
+    "num_workers": _at_least(0),
     "classes_per_client": _at_least(1),
     "dirichlet_beta": _at_least(0, strict=True),
     "num_clients": _at_least(1),
@@ -179,7 +211,20 @@ def _check_combinations(cfg: RunConfig) -> None:
     k = cfg.num_classes
     if not 0 < cfg.fraction_train <= 1:
         raise _fail("fraction_train", cfg.fraction_train, "a number in (0, 1]")
-    if cfg.partition == "pcdd" and cfg.classes_per_client > k:
+    info = DATASETS[cfg.dataset].info
+    if cfg.natural and cfg.num_clients != info.natural_clients:
+        raise _fail(
+            "num_clients",
+            cfg.num_clients,
+            f"{info.natural_clients} for dataset={cfg.dataset!r} (one client per centre; set num-supernodes alike)",
+        )
+    if cfg.model_name == "efficientnet_b0" and info.in_channels != 3:
+        raise _fail(
+            "model", cfg.model, f"'cnn' or 'resnet18' for the {info.in_channels}-channel dataset={cfg.dataset!r}"
+        )
+    if cfg.pretrained_weights and cfg.model_name != "efficientnet_b0":
+        raise _fail("pretrained_weights", cfg.pretrained_weights, "'' unless model='efficientnet_b0'")
+    if not cfg.natural and cfg.partition == "pcdd" and cfg.classes_per_client > k:
         raise _fail("classes_per_client", cfg.classes_per_client, f"an integer in [1, {k}] for dataset={cfg.dataset!r}")
     if cfg.feature_dim < k - 1:
         raise _fail("feature_dim", cfg.feature_dim, f"an integer >= num_classes - 1 = {k - 1} (simplex ETF)")

@@ -52,6 +52,18 @@ def _check_nodes(grid: PartitionOrderedGrid, cfg: RunConfig) -> None:
         )
 
 
+def _notes(cfg: RunConfig) -> list[str]:
+    """What the run does differently from what its settings might suggest."""
+    notes = []
+    if cfg.natural:
+        notes.append(
+            f"dataset={cfg.dataset!r} has natural clients: partition, classes-per-client and dirichlet-beta are ignored"
+        )
+    if cfg.model_name == "efficientnet_b0" and not cfg.pretrained_weights:
+        notes.append("efficientnet_b0 starts from scratch (no pretrained-weights file given)")
+    return notes
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run one federated experiment end to end."""
@@ -71,10 +83,14 @@ def run(grid: Grid, cfg: RunConfig, strategy: Any) -> RunRecorder:
     method = local_method(cfg, method_name(cfg))
     dev = device(cfg)
     model = method.build_model()
-    test_loader = fed.global_test_loader()
+    test_loader = fed.global_test_loader(cfg.num_workers)
     pending: dict[str, Any] = {}
 
     def on_train_replies(replies: list[Message]) -> None:
+        failed = [r for r in replies if r.has_error()]
+        if replies and len(failed) == len(replies):
+            reason = failed[0].error.reason.strip().splitlines()[-1]
+            raise RuntimeError(f"all {len(replies)} sampled clients failed this round; first error: {reason}")
         rows = []
         for r in replies:
             if r.has_error():
@@ -101,7 +117,10 @@ def run(grid: Grid, cfg: RunConfig, strategy: Any) -> RunRecorder:
     except (SetupError, FileExistsError) as exc:
         log(ERROR, "%s", exc)
         raise SystemExit(2) from None
+    for note in _notes(cfg):
+        log(INFO, "note: %s", note)
     recorder = RunRecorder(out_dir, cfg.to_dict())
+    recorder.extra["notes"] = _notes(cfg)
     recorder.extra["method"] = method.name
     recorder.extra["strategy_class"] = f"{type(strategy).__module__}:{type(strategy).__qualname__}"
     log(

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from data_prep.federated import Federation, load_federation
+from fedetf.losses import inverse_frequency_weights
 from fedetf.methods import LocalMethod, ModelSpec, get_method
 from simulations.config import RunConfig
 from strategies.registry import client_method_for, resolve_strategy
@@ -16,7 +17,13 @@ from strategies.registry import client_method_for, resolve_strategy
 def federation(cfg: RunConfig) -> Federation:
     """The run's partitioned dataset (decoded once per process)."""
     return load_federation(
-        cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed, cfg.classes_per_client, cfg.dirichlet_beta
+        cfg.dataset,
+        cfg.effective_partition,
+        cfg.num_clients,
+        cfg.seed,
+        cfg.classes_per_client,
+        cfg.dirichlet_beta,
+        cfg.data_options,
     )
 
 
@@ -28,7 +35,11 @@ def method_name(cfg: RunConfig) -> str:
 @lru_cache(maxsize=8)
 def local_method(cfg: RunConfig, name: str) -> LocalMethod:
     """Build the client-side method ``name`` for this run's dataset and model."""
-    info = federation(cfg).info
+    fed = federation(cfg)
+    info = fed.info
+    weights = ()
+    if cfg.loss_name == "focal":
+        weights = tuple(inverse_frequency_weights(torch.from_numpy(fed.pooled_train_counts())).tolist())
     spec = ModelSpec(
         backbone=cfg.model_name,
         in_channels=info.in_channels,
@@ -37,6 +48,9 @@ def local_method(cfg: RunConfig, name: str) -> LocalMethod:
         seed=cfg.seed,
         temperature=cfg.temperature,
         adaptation=cfg.adaptation,
+        loss=cfg.loss_name,
+        class_weights=weights,
+        weights_path=cfg.pretrained_weights,
     )
     return get_method(name, spec)
 
