@@ -1,5 +1,7 @@
 """Datasets, partitioners and federated views of them."""
 
+# Importing these modules registers the torchvision datasets and Fed-ISIC2019.
+from data_prep import isic_data, vision  # noqa: F401
 from data_prep.datasets import DATASETS, ArraySplits, DatasetInfo, get_dataset_info, register_dataset
 from data_prep.federated import Federation, load_federation
 from data_prep.partition import PARTITIONS, partition_indices
