@@ -37,7 +37,7 @@ def summary_table(runs: pd.DataFrame, by: Sequence[str], views: Sequence[str] = 
     """Mean and std over runs within each group, for last and best rounds."""
     cols = [f"{v}_{w}" for v in views for w in ("last", "best")]
     grouped = runs.groupby(list(by), sort=True)[cols]
-    table = grouped.mean().join(grouped.std(ddof=0), rsuffix="_std")
+    table = grouped.mean().join(grouped.std(ddof=0).add_suffix("_std"))
     table["runs"] = grouped.size()
     return table
 

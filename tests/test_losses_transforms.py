@@ -56,3 +56,30 @@ def test_efficientnet_b0_from_local_weights(tmp_path) -> None:
     model = build_model("efficientnet_b0", 3, 8, 16, head="etf", seed=0, weights_path=str(path))
     assert torch.equal(model.backbone[0][0][0].weight, ref.features[0][0].weight)
     assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 8)
+
+
+def test_affine_flip_crop_without_rotation_is_an_exact_crop() -> None:
+    from data_prep.transforms import AffineFlipCrop
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 40, 57)
+    op = AffineFlipCrop(32, degrees=0, scale=(1.0, 1.0))
+    for _ in range(10):
+        out = op(x)
+        views = [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
+        assert any(
+            torch.allclose(out, v[:, oy : oy + 32, ox : ox + 32], atol=1e-5)
+            for v in views for oy in range(9) for ox in range(26)
+        )
+
+
+def test_affine_flip_crop_rotates_about_the_centre() -> None:
+    from data_prep.transforms import AffineFlipCrop
+
+    # A bright centre pixel stays at the centre of a centred crop, whatever the rotation/scale.
+    x = torch.zeros(1, 33, 33)
+    x[:, 16, 16] = 1.0
+    op = AffineFlipCrop(33, degrees=50, scale=(0.93, 1.07))
+    for _ in range(10):
+        out = op(x)
+        assert out[0, 16, 16] == out.max() and out.max() > 0.5

@@ -1,0 +1,83 @@
+"""Fed-ISIC2019 training on a fake prepared cache: loader, natural clients, and 1 round through Flower."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_prep.federated import load_federation
+from data_prep.isic2019 import prepare
+from simulations.config import ConfigError, parse_run_config
+from simulations.local import run_local
+from tests.isic_fakes import make_fake_isic
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("isic")
+    fake = make_fake_isic(tmp / "raw", per_centre=6, size=(96, 72))
+    prepare(
+        fake.images,
+        fake.metadata_csv,
+        fake.ground_truth_csv,
+        fake.ham_metadata_csv,
+        tmp / "data" / "fed-isic2019",
+        split_csv=fake.split_csv,
+        workers=1,
+    )
+    return tmp / "data"
+
+
+def test_natural_federation_from_the_cache(data_root: Path) -> None:
+    fed = load_federation("fed-isic2019", "natural", 6, 0, options=(("data-root", str(data_root)), ("download", False)))
+    index = pd.read_csv(data_root / "fed-isic2019" / "index.csv")
+    assert fed.num_clients == 6
+    for c in range(6):
+        rows = index[(index["center"] == c) & (index["fold"] == "train")]
+        assert fed.label_counts(c).tolist() == np.bincount(rows["label"], minlength=8).tolist()
+    assert len(fed.global_test) == int((index["fold"] == "test").sum())  # pooled test set
+    train, test = fed.client_loaders(0, batch_size=4, seed=0)
+    x, y = next(iter(train))
+    assert x.shape[1:] == (3, 200, 200) and x.dtype.is_floating_point
+    assert next(iter(test))[0].shape[1:] == (3, 200, 200)
+
+
+def test_isic_config_rules(data_root: Path) -> None:
+    cfg = parse_run_config({"dataset": "fed-isic2019", "num-clients": 6, "partition": "dirichlet"})
+    assert cfg.effective_partition == "natural" and cfg.loss_name == "focal" and cfg.model_name == "efficientnet_b0"
+    with pytest.raises(ConfigError, match="num-clients=10; allowed: 6"):
+        parse_run_config({"dataset": "fed-isic2019"})
+
+
+def test_missing_cache_names_folder_and_command(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="python -m data_prep.isic2019 prepare") as info:
+        load_federation("fed-isic2019", "natural", 6, 0, options=(("data-root", str(tmp_path)), ("download", False)))
+    assert str(tmp_path / "fed-isic2019") in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("strategy", ["fedgela", "fedavg"])
+def test_one_round_through_flower(data_root: Path, tmp_path: Path, strategy: str) -> None:
+    out = tmp_path / strategy
+    run_local(
+        {
+            "dataset": "fed-isic2019",
+            "data-root": str(data_root),
+            "num-clients": 6,
+            "strategy": strategy,
+            "num-server-rounds": 1,
+            "local-epochs": 1,
+            "batch-size": 8,
+            "output-dir": str(out),
+        }
+    )
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert len(metrics) == 1 and metrics["generic_bacc"].between(0, 1).all()
+    clients = pd.read_csv(out / "clients.csv")
+    assert sorted(clients["partition_id"]) == list(range(6))
+    info = json.loads((out / "run.json").read_text())
+    assert info["config"]["loss"] == "auto" and any("from scratch" in n for n in info["notes"])
+    assert any("ignored" in n for n in info["notes"])
