@@ -49,8 +49,14 @@ def main() -> None:
         root = Path(tmp)
         fake = make_fake_isic(root / "raw", size=tuple(args.source_size), n_images=args.images)
         cache = root / "cache"
-        prepare(fake.images, fake.metadata_csv, fake.ground_truth_csv, fake.ham_metadata_csv, cache,
-                split_csv=fake.split_csv)
+        prepare(
+            fake.images,
+            fake.metadata_csv,
+            fake.ground_truth_csv,
+            fake.ham_metadata_csv,
+            cache,
+            split_csv=fake.split_csv,
+        )
         index = pd.read_csv(cache / "index.csv")
         files = [cache / "images" / f"{name}.npy" for name in index["image"]]
         # The same preprocessed pixels as JPEGs (quality 95) in ImageFolder layout.
@@ -69,8 +75,10 @@ def main() -> None:
                 results[name] = images_per_second(loader, args.epochs)
                 print(f"[{title}] {name:<20} {results[name]:8.1f} images/s")
             ratio = results["cache (.npy)"] / results["ImageFolder (JPEG)"]
-            print(f"[{title}] ratio cache / ImageFolder: {ratio:.2f}x "
-                  f"({len(files)} images, {args.epochs} epochs, 1 thread)")
+            print(
+                f"[{title}] ratio cache / ImageFolder: {ratio:.2f}x "
+                f"({len(files)} images, {args.epochs} epochs, 1 thread)"
+            )
 
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ def test_affine_flip_crop_without_rotation_is_an_exact_crop() -> None:
         views = [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
         assert any(
             torch.allclose(out, v[:, oy : oy + 32, ox : ox + 32], atol=1e-5)
-            for v in views for oy in range(9) for ox in range(26)
+            for v in views
+            for oy in range(9)
+            for ox in range(26)
         )
 
 
