@@ -253,20 +253,16 @@ def split_table(
             f"{split_csv} line {row.line}: image {row.image} is not in the derived table "
             f"(absent from the metadata, or dropped for an empty lesion_id)"
         )
-    wrong = pd.to_numeric(merged["center_split"], errors="coerce") != merged["center"]
-    if wrong.any():
-        row = merged[wrong].iloc[0]
-        raise IsicError(
-            f"{split_csv} line {row.line}: image {row.image}: center {row.center_split!r} disagrees with the "
-            f"derived centre {int(row.center)} ({CENTRES[int(row.center)]})"
-        )
+    checks = [("center_split", "center", "center", "derived centre", CENTRES)]
     if "target" in merged:
-        wrong = pd.to_numeric(merged["target"], errors="coerce") != merged["label"]
+        checks.append(("target", "label", "target", "ground-truth label", CLASSES))
+    for given, derived, name, what, names in checks:
+        wrong = pd.to_numeric(merged[given], errors="coerce") != merged[derived]
         if wrong.any():
             row = merged[wrong].iloc[0]
             raise IsicError(
-                f"{split_csv} line {row.line}: image {row.image}: target {row.target!r} disagrees with the "
-                f"ground-truth label {int(row.label)} ({CLASSES[int(row.label)]})"
+                f"{split_csv} line {row.line}: image {row.image}: {name} {row[given]!r} disagrees with the "
+                f"{what} {int(row[derived])} ({names[int(row[derived])]})"
             )
     absent = ~out["image"].isin(split["image"])
     if absent.any():
