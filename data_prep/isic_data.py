@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from data_prep.datasets import DatasetInfo, register_dataset
+from data_prep.isic2019 import CLASSES
 from data_prep.transforms import IMAGENET_MEAN, IMAGENET_STD, isic_test_transform, isic_train_transform
 
-CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
 CACHE_NAME = "fed-isic2019"
 
 

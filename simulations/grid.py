@@ -24,6 +24,7 @@ class PartitionOrderedGrid(Grid):
         self.inner = inner
         self.on_train_replies = on_train_replies
         self.partition_of: dict[int, int] = {}
+        self.num_partitions: set[int] = set()
 
     def handshake(self, timeout: float = 600.0) -> dict[int, int]:
         """Ask every node for (partition-id, num-partitions); return node -> partition."""
