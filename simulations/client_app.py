@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -14,11 +16,17 @@ from simulations.task import device, federation, local_method, round_seed
 app = ClientApp()
 
 
+@lru_cache(maxsize=4)
+def _model(method: LocalMethod) -> torch.nn.Module:
+    """One model per method and worker process; every round overwrites its whole state."""
+    return method.build_model()
+
+
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, int, LocalMethod, torch.nn.Module, torch.device]:
     cfg = parse_run_config(context.run_config)
     pid = int(context.node_config["partition-id"])
     method = local_method(cfg, str(msg.content["config"]["method"]))
-    model = method.build_model()
+    model = _model(method)
     method.load_global(model, msg.content["arrays"].to_torch_state_dict())
     method.prepare(model, torch.from_numpy(federation(cfg).label_counts(pid)))
     return cfg, pid, method, model, device(cfg)
