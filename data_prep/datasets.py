@@ -38,6 +38,8 @@ class DatasetInfo:
     default_loss: str = "ce"
     #: Batch size of evaluation loaders.
     eval_batch_size: int = 512
+    #: Loaders yield uint8 NHWC batches, normalised by the model on the device (``mean``/``std``).
+    uint8_batches: bool = False
 
 
 class Splits(Protocol):

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import albumentations as A
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -24,20 +26,45 @@ from data_prep.isic2019 import CLASSES
 from data_prep.transforms import IMAGENET_MEAN, IMAGENET_STD, isic_test_transform, isic_train_transform
 
 CACHE_NAME = "fed-isic2019"
+NPY_V1 = b"\x93NUMPY\x01\x00"
+
+
+def read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """A cached uint8 image of known shape: the ``.npy`` payload without parsing its header."""
+    data = path.read_bytes()
+    if data[:8] != NPY_V1:
+        return np.load(path)
+    offset = 10 + int.from_bytes(data[8:10], "little")
+    if len(data) - offset != shape[0] * shape[1] * shape[2]:
+        raise ValueError(f"{path}: {len(data) - offset} bytes of pixels, index.csv says {shape}; re-run the prep")
+    return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
 
 
 class IsicImages(Dataset):
-    """Cached ISIC images (``.npy``) with a per-sample transform."""
+    """Cached ISIC images as uint8 HWC tensors, after an albumentations transform.
 
-    def __init__(self, files: list[Path], labels: np.ndarray, transform: Any) -> None:
-        self.files, self.labels, self.transform = files, torch.from_numpy(labels), transform
+    The transform's random state is seeded from torch's seed of the process or
+    DataLoader worker (set per round and client by the caller), so a run's
+    augmentations are reproducible with any ``num-workers``. Batches stay uint8;
+    the model normalises them on its device (:class:`fedetf.models.ImageInput`).
+    """
+
+    def __init__(
+        self, files: list[Path], shapes: list[tuple[int, int, int]], labels: np.ndarray, transform: A.BaseCompose
+    ) -> None:
+        self.files, self.shapes, self.labels, self.transform = files, shapes, torch.from_numpy(labels), transform
+        self._seeded_from: int | None = None
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img = torch.from_numpy(np.load(self.files[i])).permute(2, 0, 1)
-        return self.transform(img), self.labels[i]
+        if self._seeded_from != (seed := torch.initial_seed()):
+            self.transform.set_random_seed(seed % 2**32)
+            self._seeded_from = seed
+            cv2.setNumThreads(1)  # one small warp per image: parallelism comes from loader workers/clients
+        out = self.transform(image=read_image(self.files[i], self.shapes[i]))["image"]
+        return torch.from_numpy(np.ascontiguousarray(out)), self.labels[i]
 
 
 @dataclass(frozen=True)
@@ -51,12 +78,17 @@ class IsicSplits:
     clients_test: np.ndarray
     files_train: list[Path] = field(repr=False)
     files_test: list[Path] = field(repr=False)
+    shapes_train: list[tuple[int, int, int]] = field(repr=False)
+    shapes_test: list[tuple[int, int, int]] = field(repr=False)
 
     def dataset(self, split: str, idx: np.ndarray, train: bool, info: DatasetInfo) -> Dataset:
-        files = self.files_train if split == "train" else self.files_test
-        labels = self.y_train if split == "train" else self.y_test
+        files, shapes, labels = (
+            (self.files_train, self.shapes_train, self.y_train)
+            if split == "train"
+            else (self.files_test, self.shapes_test, self.y_test)
+        )
         transform = isic_train_transform() if train else isic_test_transform()
-        return IsicImages([files[i] for i in idx], labels[idx].copy(), transform)
+        return IsicImages([files[i] for i in idx], [shapes[i] for i in idx], labels[idx].copy(), transform)
 
 
 def cache_dir(data_root: str) -> Path:
@@ -84,6 +116,9 @@ def load_isic(seed: int, options: dict[str, Any]) -> IsicSplits:
     def files(df: pd.DataFrame) -> list[Path]:
         return [root / "images" / f"{name}.npy" for name in df["image"]]
 
+    def shapes(df: pd.DataFrame) -> list[tuple[int, int, int]]:
+        return [(int(h), int(w), 3) for h, w in zip(df["height"], df["width"], strict=True)]
+
     return IsicSplits(
         root=root,
         y_train=parts["train"]["label"].to_numpy(np.int64),
@@ -92,6 +127,8 @@ def load_isic(seed: int, options: dict[str, Any]) -> IsicSplits:
         clients_test=parts["test"]["center"].to_numpy(np.int64),
         files_train=files(parts["train"]),
         files_test=files(parts["test"]),
+        shapes_train=shapes(parts["train"]),
+        shapes_test=shapes(parts["test"]),
     )
 
 
@@ -108,6 +145,7 @@ register_dataset(
         natural_clients=6,
         default_loss="focal",
         eval_batch_size=64,
+        uint8_batches=True,
     ),
     load_isic,
 )

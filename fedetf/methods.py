@@ -31,6 +31,8 @@ class ModelSpec:
     loss: str = "ce"
     class_weights: tuple[float, ...] = ()
     weights_path: str = ""
+    #: (mean, std) when the loaders yield uint8 NHWC batches the model normalises.
+    input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 class LocalMethod:
@@ -60,6 +62,7 @@ class LocalMethod:
             seed=s.seed,
             temperature=s.temperature,
             weights_path=s.weights_path,
+            input_norm=s.input_norm,
         )
 
     def load_global(self, model: FedModel, state: dict[str, torch.Tensor]) -> None:

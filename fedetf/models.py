@@ -117,17 +117,45 @@ class ETFHead(nn.Module):
         return logits
 
 
-class FedModel(nn.Module):
-    """``backbone -> feature_head -> classifier`` with named, swappable parts."""
+class ImageInput(nn.Module):
+    """uint8 NHWC image batch -> normalised float NCHW (channels-last memory).
 
-    def __init__(self, backbone: nn.Module, feature_head: nn.Module, classifier: nn.Module) -> None:
+    Lets loaders ship compact uint8 batches and normalise on the training device
+    (4x fewer bytes to collate and transfer). ``mean``/``std`` are in [0, 1]
+    units, as torchvision's; they are non-persistent, so never sent or averaged.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
+        self.register_buffer("scale", 1 / (255 * torch.tensor(std)), persistent=False)
+        self.register_buffer("shift", -torch.tensor(mean) / torch.tensor(std), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != len(self.scale):
+            raise ValueError(
+                f"ImageInput takes uint8 NHWC batches with {len(self.scale)} channels, not {x.dtype} {tuple(x.shape)}"
+            )
+        return torch.addcmul(self.shift, x.to(self.scale.dtype), self.scale).permute(0, 3, 1, 2)
+
+
+class FedModel(nn.Module):
+    """``input -> backbone -> feature_head -> classifier`` with named, swappable parts.
+
+    ``input`` is the identity unless the loaders yield raw uint8 batches
+    (:class:`ImageInput`); it has no state-dict entries.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, feature_head: nn.Module, classifier: nn.Module, input_stage: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.input = input_stage if input_stage is not None else nn.Identity()
         self.backbone = backbone
         self.feature_head = feature_head
         self.classifier = classifier
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature_head(self.backbone(x))
+        return self.feature_head(self.backbone(self.input(x)))
 
     def forward(self, x: torch.Tensor, personal: bool = False) -> torch.Tensor:
         return self.classifier(self.features(x), personal=personal)
@@ -142,11 +170,13 @@ def build_model(
     seed: int = 0,
     temperature: float = 0.2,
     weights_path: str = "",
+    input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> FedModel:
     """Build a :class:`FedModel`; ``head`` is ``"linear"`` or ``"etf"``.
 
     Initialisation is seeded by ``seed`` so every process builds the same model.
     ``weights_path`` (EfficientNet-B0 only) loads pretrained trunk weights.
+    ``input_norm`` (mean, std) makes the model take uint8 NHWC batches.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"model={backbone!r} is unknown; allowed: {sorted(BACKBONES)}")
@@ -162,4 +192,4 @@ def build_model(
             cls = LinearHead(feature_dim, num_classes)
         else:
             raise ValueError(f"head={head!r} is unknown; allowed: ['etf', 'linear']")
-    return FedModel(body, feat, cls)
+    return FedModel(body, feat, cls, ImageInput(*input_norm) if input_norm else None)

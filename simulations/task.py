@@ -51,6 +51,7 @@ def local_method(cfg: RunConfig, name: str) -> LocalMethod:
         loss=cfg.loss_name,
         class_weights=weights,
         weights_path=cfg.pretrained_weights,
+        input_norm=(info.mean, info.std) if info.uint8_batches else None,
     )
     return get_method(name, spec)
 

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from data_prep.federated import load_federation
 from data_prep.isic2019 import prepare
+from data_prep.isic_data import read_image
 from simulations.config import ConfigError, parse_run_config
 from simulations.local import run_local
 from tests.isic_fakes import make_fake_isic
@@ -42,8 +44,27 @@ def test_natural_federation_from_the_cache(data_root: Path) -> None:
     assert len(fed.global_test) == int((index["fold"] == "test").sum())  # pooled test set
     train, test = fed.client_loaders(0, batch_size=4, seed=0)
     x, y = next(iter(train))
-    assert x.shape[1:] == (3, 200, 200) and x.dtype.is_floating_point
-    assert next(iter(test))[0].shape[1:] == (3, 200, 200)
+    assert x.shape[1:] == (200, 200, 3) and x.dtype == torch.uint8  # the model normalises on its device
+    assert next(iter(test))[0].shape[1:] == (200, 200, 3)
+
+
+def _first_batch(fed, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)  # as the ClientApp does each round
+    return next(iter(fed.client_loaders(0, batch_size=4, seed=seed)[0]))[0]
+
+
+def test_augmentation_is_reproducible_from_the_seed(data_root: Path) -> None:
+    fed = load_federation("fed-isic2019", "natural", 6, 0, options=(("data-root", str(data_root)), ("download", False)))
+    assert torch.equal(_first_batch(fed, 5), _first_batch(fed, 5))
+    assert not torch.equal(_first_batch(fed, 5), _first_batch(fed, 6))
+
+
+def test_truncated_cache_image_names_the_file(data_root: Path, tmp_path: Path) -> None:
+    src = next((data_root / "fed-isic2019" / "images").glob("*.npy"))
+    bad = tmp_path / src.name
+    bad.write_bytes(src.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=f"{bad.name}.*re-run the prep"):
+        read_image(bad, np.load(src).shape)
 
 
 def test_isic_config_rules(data_root: Path) -> None:

@@ -1,10 +1,13 @@
 import math
 
+import albumentations as A
+import numpy as np
+import pytest
 import torch
 
-from data_prep.transforms import CoarseDropout, isic_test_transform, isic_train_transform, small_image_transform
+from data_prep.transforms import FlambyGeometry, isic_test_transform, isic_train_transform, small_image_transform
 from fedetf.losses import FocalLoss, build_criterion, inverse_frequency_weights
-from fedetf.models import build_model
+from fedetf.models import ImageInput, build_model
 
 
 def test_focal_loss_matches_its_definition() -> None:
@@ -27,18 +30,75 @@ def test_flamby_alpha_from_pooled_train_counts() -> None:
     assert isinstance(build_criterion("focal", tuple(alpha.tolist())), FocalLoss)
 
 
-def test_isic_transforms_shapes() -> None:
-    img = torch.randint(0, 256, (3, 224, 298), dtype=torch.uint8)
-    assert isic_train_transform()(img).shape == (3, 200, 200)
-    out = isic_test_transform()(img)
-    assert out.shape == (3, 200, 200) and out.dtype == torch.float32
+def test_isic_transforms_give_uint8_crops_and_are_seeded() -> None:
+    img = np.random.default_rng(0).integers(0, 256, (224, 298, 3), dtype=np.uint8)
+    a, b = isic_train_transform(seed=3), isic_train_transform(seed=3)
+    outs = [a(image=img)["image"] for _ in range(3)]
+    assert all(o.shape == (200, 200, 3) and o.dtype == np.uint8 for o in outs)
+    assert all(np.array_equal(o, b(image=img)["image"]) for o in outs)  # same seed, same stream
+    assert not np.array_equal(outs[0], outs[1])
+    test = isic_test_transform()(image=img)["image"]
+    assert np.array_equal(test, img[12:212, 49:249])
 
 
-def test_coarse_dropout_zeroes_patches() -> None:
-    torch.manual_seed(0)
-    out = CoarseDropout(8, 16)(torch.full((3, 64, 64), 255, dtype=torch.uint8))
-    zeros = int((out == 0).all(0).sum())
-    assert 16 * 16 <= zeros <= 8 * 16 * 16
+def test_coarse_dropout_zeroes_one_to_eight_16px_holes() -> None:
+    t = isic_train_transform(seed=0)
+    white = np.full((224, 224, 3), 255, np.uint8)
+    # Brightness/contrast never darkens a white pixel below ~200: exact zeros are holes.
+    zeros = [int((t(image=white)["image"] == 0).all(-1).sum()) for _ in range(40)]
+    assert all(z <= 8 * 16 * 16 for z in zeros)
+    assert 8 < sum(z > 0 for z in zeros) < 32  # applied with p = 0.5, as in FLamby
+
+
+def test_flamby_geometry_without_scale_rotation_shear_is_an_exact_crop_or_flip() -> None:
+    x = np.random.default_rng(1).integers(0, 256, (211, 250, 3), dtype=np.uint8)
+    op = A.Compose([FlambyGeometry(200, scale_limit=0, rotate_limit=0, shear_limit=0)], seed=1)
+    views = [x, x[:, ::-1], x[::-1], x[::-1, ::-1]]
+    seen = set()
+    for _ in range(40):
+        out = op(image=x)["image"]
+        hits = [
+            k
+            for k, v in enumerate(views)
+            for a in range(12)
+            for b in range(51)
+            if np.array_equal(out, v[a : a + 200, b : b + 200])
+        ]
+        assert hits
+        seen.add(hits[0])
+    assert seen == {0, 1, 2, 3}  # no flip, and each of FLamby's three flips
+
+
+def test_flamby_geometry_rotates_about_the_centre() -> None:
+    # A bright centre pixel stays at the centre of a full-size crop, whatever the rotation/flip.
+    x = np.zeros((33, 33, 3), np.uint8)
+    x[16, 16] = 255
+    op = A.Compose([FlambyGeometry(33, scale_limit=0, rotate_limit=50, step_p=1.0)], seed=0)
+    for _ in range(10):
+        out = op(image=x)["image"]
+        assert out[16, 16, 0] == out.max() == 255
+
+
+def test_flamby_geometry_scales_the_canvas() -> None:
+    # Scaling changes the canvas (RandomScale), so a crop of the full original size
+    # sees reflected borders after shrinking: never an exact copy of the input.
+    x = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    op = A.Compose([FlambyGeometry(64, rotate_limit=0, shear_limit=0, step_p=1.0)], seed=0)
+    assert not any(np.array_equal(op(image=x)["image"], x) for _ in range(5))
+
+
+def test_image_input_normalises_uint8_nhwc() -> None:
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    x = torch.randint(0, 256, (2, 5, 7, 3), dtype=torch.uint8)
+    expected = (x.permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(
+        3, 1, 1
+    )
+    assert torch.allclose(ImageInput(mean, std)(x), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="uint8 NHWC"):
+        ImageInput(mean, std)(x.permute(0, 3, 1, 2).float())
+    model = build_model("cnn", 3, 4, 8, input_norm=(mean, std))
+    assert model.eval()(x).shape == (2, 4)
+    assert not any(k.startswith("input") for k in model.state_dict())  # never sent or averaged
 
 
 def test_small_image_augment_keeps_size() -> None:
@@ -56,32 +116,3 @@ def test_efficientnet_b0_from_local_weights(tmp_path) -> None:
     model = build_model("efficientnet_b0", 3, 8, 16, head="etf", seed=0, weights_path=str(path))
     assert torch.equal(model.backbone[0][0][0].weight, ref.features[0][0].weight)
     assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 8)
-
-
-def test_affine_flip_crop_without_rotation_is_an_exact_crop() -> None:
-    from data_prep.transforms import AffineFlipCrop
-
-    torch.manual_seed(0)
-    x = torch.rand(3, 40, 57)
-    op = AffineFlipCrop(32, degrees=0, scale=(1.0, 1.0))
-    for _ in range(10):
-        out = op(x)
-        views = [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
-        assert any(
-            torch.allclose(out, v[:, oy : oy + 32, ox : ox + 32], atol=1e-5)
-            for v in views
-            for oy in range(9)
-            for ox in range(26)
-        )
-
-
-def test_affine_flip_crop_rotates_about_the_centre() -> None:
-    from data_prep.transforms import AffineFlipCrop
-
-    # A bright centre pixel stays at the centre of a centred crop, whatever the rotation/scale.
-    x = torch.zeros(1, 33, 33)
-    x[:, 16, 16] = 1.0
-    op = AffineFlipCrop(33, degrees=50, scale=(0.93, 1.07))
-    for _ in range(10):
-        out = op(x)
-        assert out[0, 16, 16] == out.max() and out.max() > 0.5
