@@ -77,14 +77,21 @@ METADATA_CSV = "ISIC_2019_Training_Metadata.csv"
 GROUND_TRUTH_CSV = "ISIC_2019_Training_GroundTruth.csv"
 HAM_METADATA_CSV = "HAM10000_metadata.csv"
 ISIC_BASE_URL = "https://isic-challenge-data.s3.amazonaws.com/2019/"
-#: HAM10000 metadata on Harvard Dataverse (doi:10.7910/DVN/DBW86T), original CSV rather than the
-#: ingested ``.tab``. Dataverse file ids change when the dataset is re-versioned: may need updating.
-HAM_METADATA_URL = "https://dataverse.harvard.edu/api/access/datafile/3172582?format=original"
+SPLIT_FILE = "train_test_split"
+#: FLamby's own copies of the HAM10000 metadata (the ``dataset`` column that splits HAM into
+#: centres) and of its train/test split, at pinned commits so every download is the same file.
+#: (The HAM10000 metadata is also on Harvard Dataverse, doi:10.7910/DVN/DBW86T.)
+FLAMBY_RAW = "https://raw.githubusercontent.com/owkin/FLamby/{commit}/flamby/datasets/fed_isic2019/"
+HAM_METADATA_URL = FLAMBY_RAW.format(commit="ed2f7a04678e3bf94c649c495d14aeaad8f88039") + "HAM10000_metadata"
+SPLIT_URL = (
+    FLAMBY_RAW.format(commit="ed9c943f19236ec4dedb4a3bee30d9316d08e395") + "dataset_creation_scripts/train_test_split"
+)
 DOWNLOADS: dict[str, str] = {
     IMAGES_ZIP: ISIC_BASE_URL + IMAGES_ZIP,
     METADATA_CSV: ISIC_BASE_URL + METADATA_CSV,
     GROUND_TRUTH_CSV: ISIC_BASE_URL + GROUND_TRUTH_CSV,
     HAM_METADATA_CSV: HAM_METADATA_URL,
+    SPLIT_FILE: SPLIT_URL,
 }
 DOWNLOAD_FILES = tuple(DOWNLOADS)
 LICENCE_MESSAGE = (
@@ -588,12 +595,12 @@ def _fetch(url: str, target: Path, chunk_size: int = 1 << 20, retry: bool = True
 def download(
     dest: PathLike, accept_license: bool, base_url: str | None = None, files: Sequence[str] = DOWNLOAD_FILES
 ) -> list[Path]:
-    """Download the raw ISIC 2019 files and the HAM10000 metadata into ``dest``; return their paths.
+    """Download the raw ISIC 2019 files, the HAM10000 metadata and FLamby's split into ``dest``; return their paths.
 
-    Sources: :data:`ISIC_BASE_URL` and :data:`HAM_METADATA_URL` (Harvard Dataverse file id, which may
-    need updating if Dataverse re-versions doi:10.7910/DVN/DBW86T). ``base_url`` replaces the host of
-    every file (``<base_url>/<name>``). Files already complete are skipped; a ``.part`` file is resumed.
-    The HAM10000 metadata comes with the Dataverse dataset's own terms (non-commercial, attribution).
+    Sources: :data:`ISIC_BASE_URL` for the ISIC files, FLamby's repository (pinned commits) for the
+    HAM10000 metadata and FLamby's ``train_test_split``. ``base_url`` replaces the host of every
+    file (``<base_url>/<name>``). Files already complete are skipped; a ``.part`` file is resumed.
+    The HAM10000 metadata has its own terms (CC BY-NC 4.0: non-commercial, attribution).
     """
     if not accept_license:
         raise IsicError(LICENCE_MESSAGE)

@@ -64,7 +64,7 @@ class IsicImages(Dataset):
             self._seeded_from = seed
             cv2.setNumThreads(1)  # one small warp per image: parallelism comes from loader workers/clients
         out = self.transform(image=read_image(self.files[i], self.shapes[i]))["image"]
-        return torch.from_numpy(np.ascontiguousarray(out)), self.labels[i]
+        return torch.from_numpy(np.require(out, requirements=("C", "W"))), self.labels[i]
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,18 @@ def default_run_config() -> dict[str, Any]:
         return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
 
 
-def make_apps(overrides: dict[str, Any]) -> tuple[ServerApp, ClientApp]:
-    """ServerApp and ClientApp that see the defaults plus ``overrides`` as run config."""
+class SimulationFailed(RuntimeError):
+    """The ServerApp of a :func:`run_local` run did not finish."""
+
+
+def make_apps(overrides: dict[str, Any]) -> tuple[ServerApp, ClientApp, dict[str, Any]]:
+    """ServerApp and ClientApp that see the defaults plus ``overrides`` as run config.
+
+    The third item records the ServerApp's outcome (``finished``, ``error``),
+    since Flower's simulation engine logs a failed ServerApp instead of raising.
+    """
     run_config = {**default_run_config(), **overrides}
+    outcome: dict[str, Any] = {"finished": False, "error": None}
 
     def inject(fn: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
         def handler(msg: Message, context: Context) -> Message:
@@ -51,18 +60,27 @@ def make_apps(overrides: dict[str, Any]) -> tuple[ServerApp, ClientApp]:
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
         context.run_config = dict(run_config)
-        server_app.main(grid, context)
+        try:
+            server_app.main(grid, context)
+        except BaseException as e:
+            outcome["error"] = e
+            raise
+        outcome["finished"] = True
 
-    return server, client
+    return server, client, outcome
 
 
 def run_local(
     overrides: dict[str, Any], num_supernodes: int | None = None, num_cpus: float = 1, num_gpus: float = 0.0
 ) -> None:
-    """Run one experiment on the Ray backend; ``num_supernodes`` defaults to ``num-clients``."""
+    """Run one experiment on the Ray backend; ``num_supernodes`` defaults to ``num-clients``.
+
+    Raises :class:`SimulationFailed` (chained to the ServerApp's exception, if
+    any) when the run does not finish.
+    """
     from flwr.simulation import run_simulation
 
-    server, client = make_apps(overrides)
+    server, client, outcome = make_apps(overrides)
     nodes = num_supernodes or int({**default_run_config(), **overrides}["num-clients"])
     run_simulation(
         server_app=server,
@@ -70,3 +88,10 @@ def run_local(
         num_supernodes=nodes,
         backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus}},
     )
+    if not outcome["finished"]:
+        error = outcome["error"]
+        if isinstance(error, SystemExit):
+            reason = f"the ServerApp exited with status {error.code} (its error is in the log above)"
+        else:
+            reason = f"{type(error).__name__}: {error}" if error else "the ServerApp never ran to completion"
+        raise SimulationFailed(f"simulation with run config {overrides} failed: {reason}") from error

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from simulations.local import run_local
+from simulations.local import SimulationFailed, run_local
 from simulations.results import CLIENT_COLUMNS, METRIC_COLUMNS
 
 FAST = {"num-server-rounds": 2, "local-epochs": 2}
@@ -84,3 +84,10 @@ def test_partial_participation_samples_reproducibly(tmp_path: Path) -> None:
     assert (ca.groupby("round").size() == 3).all()
     assert ca["partition_id"].tolist() == cb["partition_id"].tolist()
     assert ca["personal_acc"].tolist() == cb["personal_acc"].tolist()
+
+
+def test_a_failed_run_raises_and_writes_nothing(tmp_path: Path) -> None:
+    # Flower's engine only logs a failed ServerApp; run_local must not pass silently.
+    with pytest.raises(SimulationFailed, match="exited with status 2"):
+        run_local({"num-server-rounds": 1, "lr": -1.0, "output-dir": str(tmp_path / "bad")})
+    assert not (tmp_path / "bad").exists()
