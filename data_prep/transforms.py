@@ -64,35 +64,15 @@ class FlambyGeometry(A.ImageOnlyTransform):
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         h, w = params["shape"][:2]
-        r = self.py_random
-        s = r.uniform(1 - self.scale_limit, 1 + self.scale_limit) if r.random() < self.step_p else 1.0
+        r, p = self.py_random, self.step_p
+        s = r.uniform(1 - self.scale_limit, 1 + self.scale_limit) if r.random() < p else 1.0
+        angle = r.uniform(-self.rotate_limit, self.rotate_limit) if r.random() < p else 0.0
+        flip = r.choice((-1, 0, 1)) if r.random() < p else None  # cv2.flip codes: both, vertical, horizontal
+        shear = r.uniform(-self.shear_limit, self.shear_limit) if r.random() < p else 0.0
         sh, sw = max(round(h * s), 1), max(round(w * s), 1)
-        angle = math.radians(r.uniform(-self.rotate_limit, self.rotate_limit)) if r.random() < self.step_p else 0.0
-        flip = r.choice((-1, 0, 1)) if r.random() < self.step_p else None  # cv2.flip codes: both, vertical, horizontal
-        shear = (
-            math.tan(math.radians(r.uniform(-self.shear_limit, self.shear_limit))) if r.random() < self.step_p else 0.0
-        )
         oy = r.randint(0, sh - self.crop) if sh >= self.crop else (sh - self.crop) / 2
         ox = r.randint(0, sw - self.crop) if sw >= self.crop else (sw - self.crop) / 2
-
-        # Forward map, source pixel -> output pixel (pixel centres, as cv2.resize):
-        # scaled = S x + t; warped = L (scaled - c) + c with L = shear @ flip @ rotation
-        # about the scaled image's centre c; output = warped - crop offset.
-        sx, sy = sw / w, sh / h
-        tx, ty = 0.5 * sx - 0.5, 0.5 * sy - 0.5
-        cx, cy = (sw - 1) / 2, (sh - 1) / 2
-        fx = -1.0 if flip in (-1, 1) else 1.0
-        fy = -1.0 if flip in (-1, 0) else 1.0
-        cos, sin = math.cos(angle), math.sin(angle)
-        l10, l11 = -fy * sin, fy * cos
-        l00, l01 = fx * cos + shear * l10, fx * sin + shear * l11
-        matrix = np.array(
-            [
-                [l00 * sx, l01 * sy, l00 * (tx - cx) + l01 * (ty - cy) + cx - ox],
-                [l10 * sx, l11 * sy, l10 * (tx - cx) + l11 * (ty - cy) + cy - oy],
-            ]
-        )
-        return {"matrix": matrix}
+        return {"matrix": flamby_affine((h, w), (sh, sw), angle, flip, shear, (oy, ox))}
 
     def apply(self, img: np.ndarray, matrix: np.ndarray, **params: Any) -> np.ndarray:
         if img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8:
@@ -115,6 +95,41 @@ class FlambyGeometry(A.ImageOnlyTransform):
         if buf is None or buf.shape != shape:
             buf = self.__dict__[f"_{name}"] = np.empty(shape, np.uint8)
         return buf
+
+
+def flamby_affine(
+    shape: tuple[int, int],
+    scaled: tuple[int, int],
+    angle: float,
+    flip: int | None,
+    shear: float,
+    offset: tuple[float, float],
+) -> np.ndarray:
+    """The 2x3 forward map (source pixel -> output pixel) of resize -> rotate -> flip -> shear -> crop.
+
+    ``shape``/``scaled``: (h, w) before/after the resize; ``angle``/``shear`` in
+    degrees (rotation about the scaled image's centre, counter-clockwise as
+    ``cv2.getRotationMatrix2D``); ``flip``: a ``cv2.flip`` code or None;
+    ``offset``: (y, x) of the crop in the scaled image. Pixel centres map as in
+    ``cv2.resize``: ``x' = (x + 0.5) * sx - 0.5``.
+    """
+    (h, w), (sh, sw), (oy, ox) = shape, scaled, offset
+    sx, sy = sw / w, sh / h
+    tx, ty = 0.5 * sx - 0.5, 0.5 * sy - 0.5
+    cx, cy = (sw - 1) / 2, (sh - 1) / 2
+    fx = -1.0 if flip in (-1, 1) else 1.0
+    fy = -1.0 if flip in (-1, 0) else 1.0
+    cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    k = math.tan(math.radians(shear))
+    # L = shear @ flip @ rotation, applied about the centre c of the scaled image.
+    l10, l11 = -fy * sin, fy * cos
+    l00, l01 = fx * cos + k * l10, fx * sin + k * l11
+    return np.array(
+        [
+            [l00 * sx, l01 * sy, l00 * (tx - cx) + l01 * (ty - cy) + cx - ox],
+            [l10 * sx, l11 * sy, l10 * (tx - cx) + l11 * (ty - cy) + cy - oy],
+        ]
+    )
 
 
 def isic_train_transform(crop: int = 200, seed: int | None = None) -> A.Compose:

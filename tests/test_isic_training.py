@@ -48,15 +48,17 @@ def test_natural_federation_from_the_cache(data_root: Path) -> None:
     assert next(iter(test))[0].shape[1:] == (200, 200, 3)
 
 
-def _first_batch(fed, seed: int) -> torch.Tensor:
+def _first_batch(fed, seed: int, workers: int = 0) -> torch.Tensor:
     torch.manual_seed(seed)  # as the ClientApp does each round
-    return next(iter(fed.client_loaders(0, batch_size=4, seed=seed)[0]))[0]
+    return next(iter(fed.client_loaders(0, batch_size=4, seed=seed, num_workers=workers)[0]))[0]
 
 
 def test_augmentation_is_reproducible_from_the_seed(data_root: Path) -> None:
     fed = load_federation("fed-isic2019", "natural", 6, 0, options=(("data-root", str(data_root)), ("download", False)))
     assert torch.equal(_first_batch(fed, 5), _first_batch(fed, 5))
     assert not torch.equal(_first_batch(fed, 5), _first_batch(fed, 6))
+    # DataLoader workers seed the augmentation from the loader's generator, too.
+    assert torch.equal(_first_batch(fed, 5, workers=1), _first_batch(fed, 5, workers=1))
 
 
 def test_truncated_cache_image_names_the_file(data_root: Path, tmp_path: Path) -> None:

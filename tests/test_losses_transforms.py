@@ -1,11 +1,18 @@
 import math
 
 import albumentations as A
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from data_prep.transforms import FlambyGeometry, isic_test_transform, isic_train_transform, small_image_transform
+from data_prep.transforms import (
+    FlambyGeometry,
+    flamby_affine,
+    isic_test_transform,
+    isic_train_transform,
+    small_image_transform,
+)
 from fedetf.losses import FocalLoss, build_criterion, inverse_frequency_weights
 from fedetf.models import ImageInput, build_model
 
@@ -116,3 +123,40 @@ def test_efficientnet_b0_from_local_weights(tmp_path) -> None:
     model = build_model("efficientnet_b0", 3, 8, 16, head="etf", seed=0, weights_path=str(path))
     assert torch.equal(model.backbone[0][0][0].weight, ref.features[0][0].weight)
     assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 8)
+
+
+def _sequential(img: np.ndarray, scaled, angle, flip, shear, offset, crop: int) -> np.ndarray:
+    """FLamby's steps one at a time with OpenCV, as albumentations runs them."""
+    (sh, sw), (oy, ox) = scaled, offset
+    x = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_LINEAR)
+    centre = ((sw - 1) / 2, (sh - 1) / 2)
+    x = cv2.warpAffine(x, cv2.getRotationMatrix2D(centre, angle, 1.0), (sw, sh), borderMode=cv2.BORDER_REFLECT_101)
+    x = x if flip is None else cv2.flip(x, flip)
+    k = np.tan(np.radians(shear))
+    x = cv2.warpAffine(x, np.array([[1, k, -k * centre[1]], [0, 1, 0]]), (sw, sh), borderMode=cv2.BORDER_REFLECT_101)
+    return x[oy : oy + crop, ox : ox + crop]
+
+
+@pytest.mark.parametrize(
+    ("scale", "angle", "flip", "shear"),
+    [
+        (1.0, 0.0, None, 0.0),
+        (1.0, 37.0, 1, 0.0),
+        (1.0, -50.0, -1, 0.0),
+        (1.07, 23.0, 0, 0.1),
+        (0.93, -11.0, None, -0.1),
+    ],
+)
+def test_flamby_affine_matches_the_sequential_steps(scale: float, angle: float, flip, shear: float) -> None:
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (224, 298, 3), dtype=np.uint8), (0, 0), 3)  # smooth, like skin
+    scaled = (round(224 * scale), round(298 * scale))
+    offset = (scaled[0] - 200) // 2, (scaled[1] - 200) // 3
+    want = _sequential(img, scaled, angle, flip, shear, offset, 200).astype(int)
+    matrix = flamby_affine((224, 298), scaled, angle, flip, shear, offset)
+    got = FlambyGeometry(200).apply(img, matrix).astype(int)
+    diff = np.abs(got - want)
+    if scale == 1.0 and shear == 0.0:  # one resampling on both sides: equal up to fixed-point rounding
+        assert diff.max() <= 1
+    else:  # the sequential path resamples 2-3 times; the fused one once
+        assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4
