@@ -59,8 +59,8 @@ def format_table(table: pd.DataFrame, views: Sequence[str] = VIEWS[:2]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(dirs: Sequence[Path], by: Sequence[str], path: Path) -> None:
-    """Per-round personal and generic accuracy, mean over runs in each group."""
+def plot_curves(dirs: Sequence[Path], by: Sequence[str], path: Path, views: Sequence[str] = VIEWS[:2]) -> None:
+    """Per-round personal and generic ``views`` (two metrics.csv columns), mean over runs in each group."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,14 +74,14 @@ def plot_curves(dirs: Sequence[Path], by: Sequence[str], path: Path) -> None:
         frames.append(m)
     data = pd.concat(frames)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, view in zip(axes, ("personal_acc", "generic_acc"), strict=True):
+    for ax, view in zip(axes, views, strict=True):
         for group, g in data.groupby("group"):
             mean = g.groupby("round")[view].mean()
             ax.plot(mean.index, mean.values, label=group)
         ax.set_title(view)
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy")
+    axes[0].set_ylabel("balanced accuracy" if views[0].endswith("bacc") else "accuracy")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -94,16 +94,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--by", nargs="+", default=["strategy", "dataset", "partition"], help="config keys to group")
     parser.add_argument("--csv", type=Path, help="write the table as CSV")
     parser.add_argument("--plot", type=Path, help="write per-round curves as PNG")
+    parser.add_argument(
+        "--metric",
+        choices=["acc", "bacc"],
+        default="acc",
+        help="accuracy or balanced accuracy (Fed-ISIC2019's headline)",
+    )
     args = parser.parse_args(argv)
+    views = (f"personal_{args.metric}", f"generic_{args.metric}")
     dirs = [d for d in args.runs if (d / "run.json").exists()]
     if not dirs:
         parser.error("no run folder with run.json given")
-    table = summary_table(load_runs(dirs), args.by)
-    print(format_table(table))
+    table = summary_table(load_runs(dirs), args.by, views)
+    print(format_table(table, views))
     if args.csv:
         table.to_csv(args.csv)
     if args.plot:
-        plot_curves(dirs, args.by, args.plot)
+        plot_curves(dirs, args.by, args.plot, views)
 
 
 if __name__ == "__main__":

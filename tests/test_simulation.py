@@ -86,6 +86,24 @@ def test_partial_participation_samples_reproducibly(tmp_path: Path) -> None:
     assert ca["personal_acc"].tolist() == cb["personal_acc"].tolist()
 
 
+def test_compare_table_csv_and_plot(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from simulations import compare
+
+    csv, png = tmp_path / "table.csv", tmp_path / "curves.png"
+    compare.main(
+        [*map(str, runs.values()), "--by", "strategy", "--metric", "bacc", "--csv", str(csv), "--plot", str(png)]
+    )
+    table = pd.read_csv(csv, index_col="strategy")
+    assert table.loc["fedgela", "runs"] == 2 and table.loc["fedavg", "runs"] == 1
+    for name in ("fedgela", "fedavg"):
+        m = pd.read_csv(runs[name] / "metrics.csv")
+        assert table.loc[name, "generic_bacc_last"] == pytest.approx(m["generic_bacc"].iloc[-1])
+        assert table.loc[name, "personal_bacc_best"] == pytest.approx(m["personal_bacc"].max())
+    assert table.loc["fedgela", "generic_bacc_last_std"] == 0  # two identical seeded runs
+    assert "generic_bacc (last round)" in capsys.readouterr().out
+    assert png.stat().st_size > 1000
+
+
 def test_a_failed_run_raises_and_writes_nothing(tmp_path: Path) -> None:
     # Flower's engine only logs a failed ServerApp; run_local must not pass silently.
     with pytest.raises(SimulationFailed, match="exited with status 2"):
