@@ -23,7 +23,13 @@ from torch.utils.data import Dataset
 
 from data_prep.datasets import DatasetInfo, register_dataset
 from data_prep.isic2019 import CLASSES
-from data_prep.transforms import IMAGENET_MEAN, IMAGENET_STD, isic_test_transform, isic_train_transform
+from data_prep.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    isic_test_transform,
+    isic_train_transform,
+    seed_transform,
+)
 
 CACHE_NAME = "fed-isic2019"
 NPY_V1 = b"\x93NUMPY\x01\x00"
@@ -43,9 +49,11 @@ def read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
 class IsicImages(Dataset):
     """Cached ISIC images as uint8 HWC tensors, after an albumentations transform.
 
-    The transform's random state is seeded from torch's seed of the process or
-    DataLoader worker (set per round and client by the caller), so a run's
-    augmentations are reproducible with any ``num-workers``. Batches stay uint8;
+    The transform's random state is seeded at first use in each process or
+    DataLoader worker from its torch seed (the ClientApp seeds torch per round
+    and client, then builds fresh loaders), so a run's
+    augmentations are reproducible for a given ``num-workers`` (0 and N workers
+    draw different streams). Batches stay uint8;
     the model normalises them on its device (:class:`fedetf.models.ImageInput`).
     """
 
@@ -60,7 +68,7 @@ class IsicImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._seeded_from != (seed := torch.initial_seed()):
-            self.transform.set_random_seed(seed % 2**32)
+            seed_transform(self.transform, seed % 2**32)
             self._seeded_from = seed
             cv2.setNumThreads(1)  # one small warp per image: parallelism comes from loader workers/clients
         out = self.transform(image=read_image(self.files[i], self.shapes[i]))["image"]

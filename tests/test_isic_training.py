@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from data_prep.federated import load_federation
 from data_prep.isic2019 import prepare
-from data_prep.isic_data import read_image
+from data_prep.isic_data import IsicImages, read_image
+from data_prep.transforms import isic_train_transform
 from simulations.config import ConfigError, parse_run_config
 from simulations.local import run_local
 from tests.isic_fakes import make_fake_isic
@@ -48,17 +50,32 @@ def test_natural_federation_from_the_cache(data_root: Path) -> None:
     assert next(iter(test))[0].shape[1:] == (200, 200, 3)
 
 
-def _first_batch(fed, seed: int, workers: int = 0) -> torch.Tensor:
-    torch.manual_seed(seed)  # as the ClientApp does each round
-    return next(iter(fed.client_loaders(0, batch_size=4, seed=seed, num_workers=workers)[0]))[0]
-
-
 def test_augmentation_is_reproducible_from_the_seed(data_root: Path) -> None:
     fed = load_federation("fed-isic2019", "natural", 6, 0, options=(("data-root", str(data_root)), ("download", False)))
-    assert torch.equal(_first_batch(fed, 5), _first_batch(fed, 5))
-    assert not torch.equal(_first_batch(fed, 5), _first_batch(fed, 6))
-    # DataLoader workers seed the augmentation from the loader's generator, too.
-    assert torch.equal(_first_batch(fed, 5, workers=1), _first_batch(fed, 5, workers=1))
+
+    def first_image(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)  # as the ClientApp does each round, before building its loaders
+        return fed.data.dataset("train", fed.parts[0][0], True, fed.info)[0][0]
+
+    # Same image each time, so only the augmentation can differ.
+    assert torch.equal(first_image(5), first_image(5))
+    assert not torch.equal(first_image(5), first_image(6))
+
+
+def test_loader_workers_draw_reproducible_distinct_streams(data_root: Path) -> None:
+    fed = load_federation("fed-isic2019", "natural", 6, 0, options=(("data-root", str(data_root)), ("download", False)))
+    i = int(fed.parts[0][0][0])
+    one = IsicImages(
+        [fed.data.files_train[i]] * 4, [fed.data.shapes_train[i]] * 4, np.zeros(4, np.int64), isic_train_transform()
+    )
+
+    def images() -> list[torch.Tensor]:
+        loader = DataLoader(one, batch_size=1, num_workers=2, generator=torch.Generator().manual_seed(3))
+        return [x[0] for x, _ in loader]  # items 0, 2 from worker 0; 1, 3 from worker 1
+
+    first, again = images(), images()
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], first[1])  # the two workers do not repeat each other
 
 
 def test_truncated_cache_image_names_the_file(data_root: Path, tmp_path: Path) -> None:
