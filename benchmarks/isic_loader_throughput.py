@@ -7,12 +7,13 @@ decoded by PIL per sample); batches are uint8 on both sides (the model
 normalises on its device). Prints images/s and the ratio (target with the
 training augmentation: cache >= 2x).
 
-    python benchmarks/isic_loader_throughput.py [--images 256] [--epochs 2] [--source-size 1024 768]
+    python benchmarks/isic_loader_throughput.py [--images 256] [--epochs 2] [--repeats 3] [--source-size 1024 768]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--source-size", type=int, nargs=2, default=[1024, 768])
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
@@ -76,16 +78,24 @@ def main() -> None:
         for title, aug in (("train augmentation", isic_train_transform()), ("test transform", isic_test_transform())):
             cached = IsicImages(files, shapes, labels, aug)
             jpegs = ImageFolder(str(folder), transform=lambda img, aug=aug: to_tensor(aug(image=np.asarray(img))))
-            results = {}
-            for name, ds in (("cache (.npy)", cached), ("ImageFolder (JPEG)", jpegs)):
-                loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=0)
+            loaders = {
+                name: DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=0)
+                for name, ds in (("cache (.npy)", cached), ("ImageFolder (JPEG)", jpegs))
+            }
+            for loader in loaders.values():
                 images_per_second(loader, 1)  # warm the page cache and allocator
-                results[name] = images_per_second(loader, args.epochs)
-                print(f"[{title}] {name:<20} {results[name]:8.1f} images/s")
+            # Interleaved repeats, median of each: drift on a shared machine hits both sides.
+            runs: dict[str, list[float]] = {name: [] for name in loaders}
+            for _ in range(args.repeats):
+                for name, loader in loaders.items():
+                    runs[name].append(images_per_second(loader, args.epochs))
+            results = {name: statistics.median(r) for name, r in runs.items()}
+            for name, r in runs.items():
+                print(f"[{title}] {name:<20} {results[name]:8.1f} images/s (median; {min(r):.0f}-{max(r):.0f})")
             ratio = results["cache (.npy)"] / results["ImageFolder (JPEG)"]
             print(
                 f"[{title}] ratio cache / ImageFolder: {ratio:.2f}x "
-                f"({len(files)} images, {args.epochs} epochs, 1 thread)"
+                f"({len(files)} images, {args.epochs} epochs x {args.repeats} repeats, 1 thread)"
             )
 
 

@@ -92,6 +92,31 @@ class FlambyGeometry(A.ImageOnlyTransform):
         return out if out.ndim == img.ndim else out[..., None]
 
 
+class CoarseHoles(A.ImageOnlyTransform):
+    """FLamby's ``CoarseDropout(n, 16, 16)``: zero ``n ~ U{1..max_holes}`` squares of ``size`` px.
+
+    Same draws as albumentations' ``CoarseDropout(num_holes_range=(1, 8),
+    hole_*_range=(16, 16))`` (uniform positions inside the image, fill 0), at a
+    fifth of its cost per image (it was a fifth of the whole augmentation).
+    """
+
+    def __init__(self, max_holes: int = 8, size: int = 16, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        self.max_holes, self.size = max_holes, size
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        h, w = params["shape"][:2]
+        r, size = self.py_random, self.size
+        n = r.randint(1, self.max_holes)
+        return {"holes": [(r.randint(0, max(h - size, 0)), r.randint(0, max(w - size, 0))) for _ in range(n)]}
+
+    def apply(self, img: np.ndarray, holes: list[tuple[int, int]], **params: Any) -> np.ndarray:
+        img = img.copy()
+        for y, x in holes:
+            img[y : y + self.size, x : x + self.size] = 0
+        return img
+
+
 _SCRATCH = threading.local()
 
 
@@ -154,7 +179,7 @@ def isic_train_transform(crop: int = 200, seed: int | None = None) -> A.Compose:
         [
             FlambyGeometry(crop),
             A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.1),
-            A.CoarseDropout(num_holes_range=(1, 8), hole_height_range=(16, 16), hole_width_range=(16, 16)),
+            CoarseHoles(max_holes=8, size=16),
         ]
     )
     if seed is not None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from data_prep.transforms import (
+    CoarseHoles,
     FlambyGeometry,
     flamby_affine,
     isic_test_transform,
@@ -53,8 +54,19 @@ def test_coarse_dropout_zeroes_one_to_eight_16px_holes() -> None:
     white = np.full((224, 224, 3), 255, np.uint8)
     # Brightness/contrast never darkens a white pixel below ~200: exact zeros are holes.
     zeros = [int((t(image=white)["image"] == 0).all(-1).sum()) for _ in range(40)]
-    assert all(z <= 8 * 16 * 16 for z in zeros)
+    assert all(z == 0 or 16 * 16 <= z <= 8 * 16 * 16 for z in zeros)  # 1-8 (maybe overlapping) 16x16 holes
     assert 8 < sum(z > 0 for z in zeros) < 32  # applied with p = 0.5, as in FLamby
+    assert len({z for z in zeros if z}) > 3  # the number of holes varies
+
+
+def test_coarse_holes_are_16px_squares_and_leave_the_input_alone() -> None:
+    img = np.full((40, 50, 3), 9, np.uint8)
+    op = A.Compose([CoarseHoles(max_holes=1, size=16, p=1.0)], seed=0)
+    for _ in range(10):
+        out = op(image=img)["image"]
+        ys, xs = np.nonzero((out == 0).all(-1))
+        assert len(ys) == 256 and np.ptp(ys) == np.ptp(xs) == 15
+    assert (img == 9).all()
 
 
 def test_flamby_geometry_without_scale_or_rotation_is_an_exact_crop_or_flip() -> None:
@@ -162,5 +174,5 @@ def test_the_steps_share_one_random_stream() -> None:
         t = isic_train_transform(seed=seed)
         t.save_applied_params = True
         applied = {name for name, _ in t(image=img)["applied_transforms"]}
-        agree += ("RandomBrightnessContrast" in applied) == ("CoarseDropout" in applied)
+        agree += ("RandomBrightnessContrast" in applied) == ("CoarseHoles" in applied)
     assert 60 < agree < 140
