@@ -28,7 +28,7 @@ from torchvision.datasets import ImageFolder
 
 from data_prep.isic2019 import prepare
 from data_prep.isic_data import IsicImages
-from data_prep.transforms import isic_test_transform, isic_train_transform
+from data_prep.isic_transforms import isic_test_transform, isic_train_transform
 from tests.isic_fakes import make_fake_isic
 
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -23,13 +21,10 @@ from torch.utils.data import Dataset
 
 from data_prep.datasets import DatasetInfo, register_dataset
 from data_prep.isic2019 import CLASSES
-from data_prep.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    isic_test_transform,
-    isic_train_transform,
-    seed_transform,
-)
+from data_prep.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 CACHE_NAME = "fed-isic2019"
 NPY_V1 = b"\x93NUMPY\x01\x00"
@@ -68,6 +63,10 @@ class IsicImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._seeded_from != (seed := torch.initial_seed()):
+            import cv2
+
+            from data_prep.isic_transforms import seed_transform
+
             seed_transform(self.transform, seed % 2**32)
             self._seeded_from = seed
             cv2.setNumThreads(1)  # one small warp per image: parallelism comes from loader workers/clients
@@ -95,6 +94,8 @@ class IsicSplits:
             if split == "train"
             else (self.files_test, self.shapes_test, self.y_test)
         )
+        from data_prep.isic_transforms import isic_test_transform, isic_train_transform  # albumentations: ~0.7 s import
+
         transform = isic_train_transform() if train else isic_test_transform()
         return IsicImages([files[i] for i in idx], [shapes[i] for i in idx], labels[idx].copy(), transform)
 

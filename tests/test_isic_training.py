@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from data_prep.federated import load_federation
 from data_prep.isic2019 import prepare
 from data_prep.isic_data import IsicImages, read_image
-from data_prep.transforms import isic_train_transform
+from data_prep.isic_transforms import isic_train_transform
 from simulations.config import ConfigError, parse_run_config
 from simulations.local import run_local
 from tests.isic_fakes import make_fake_isic

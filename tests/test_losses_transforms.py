@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep.transforms import (
+from data_prep.isic_transforms import (
     CoarseHoles,
     FlambyGeometry,
     flamby_affine,
     isic_test_transform,
     isic_train_transform,
-    small_image_transform,
 )
+from data_prep.transforms import small_image_transform
 from fedetf.losses import FocalLoss, build_criterion, inverse_frequency_weights
 from fedetf.models import ImageInput, build_model
 
