@@ -33,6 +33,10 @@ class ModelSpec:
     weights_path: str = ""
     #: (mean, std) when the loaders yield uint8 NHWC batches the model normalises.
     input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    #: Baselines' hyperparameters: FedProx's mu, FedLC's tau, FedRS's alpha.
+    prox_mu: float = 0.01
+    fedlc_tau: float = 1.0
+    fedrs_alpha: float = 0.5
 
 
 class LocalMethod:
@@ -122,7 +126,76 @@ def adaptation_vector(label_counts: torch.Tensor, mode: str = "proportion") -> t
     return len(counts) * counts / total
 
 
-METHODS: dict[str, type[LocalMethod]] = {"fedavg": FedAvgMethod, "fedgela": FedGELAMethod}
+class FedProxMethod(LocalMethod):
+    """FedProx (Li et al., 2020): the loss plus ``mu / 2 * ||w - w_global||^2`` over trained weights."""
+
+    name = "fedprox"
+
+    def prepare(self, model: FedModel, label_counts: torch.Tensor) -> None:
+        # Called right after the global weights are loaded: they are the anchor.
+        self._anchor = [p.detach().clone() for p in self.trainable_parameters(model)]
+
+    def loss(self, model: FedModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        params = list(self.trainable_parameters(model))
+        if self._anchor[0].device != params[0].device:  # the model moved to the training device
+            self._anchor = [a.to(params[0].device) for a in self._anchor]
+        prox = sum(((p - a) ** 2).sum() for p, a in zip(params, self._anchor, strict=True))
+        return super().loss(model, x, y) + self.spec.prox_mu / 2 * prox
+
+
+class _LogitAdjustMethod(LocalMethod):
+    """A FedAvg client that trains on ``combine(logits, v)``, ``v`` computed from its label counts.
+
+    Only training logits change; evaluation uses the plain model, as in the papers.
+    """
+
+    def vector(self, counts: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def combine(self, logits: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prepare(self, model: FedModel, label_counts: torch.Tensor) -> None:
+        self._v = self.vector(label_counts.to(torch.float32))
+
+    def loss(self, model: FedModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = model(x, personal=True)
+        if self._v.device != logits.device:
+            self._v = self._v.to(logits.device)
+        return self.criterion(self.combine(logits, self._v), y)
+
+
+class FedLCMethod(_LogitAdjustMethod):
+    """FedLC (Zhang et al., ICML 2022): train on ``z_c - tau * n_c^(-1/4)``; absent classes (n_c = 0) get -inf."""
+
+    name = "fedlc"
+
+    def vector(self, counts: torch.Tensor) -> torch.Tensor:
+        return torch.where(counts > 0, self.spec.fedlc_tau * counts.clamp(min=1) ** -0.25, torch.inf)
+
+    def combine(self, logits: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return logits - v
+
+
+class FedRSMethod(_LogitAdjustMethod):
+    """FedRS (Li & Zhan, KDD 2021): restricted softmax, logits of locally absent classes scaled by alpha."""
+
+    name = "fedrs"
+
+    def vector(self, counts: torch.Tensor) -> torch.Tensor:
+        return torch.where(counts > 0, 1.0, self.spec.fedrs_alpha)
+
+    def combine(self, logits: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return logits * v
+
+
+METHODS: dict[str, type[LocalMethod]] = {
+    "fedavg": FedAvgMethod,
+    "fedgela": FedGELAMethod,
+    "fedprox": FedProxMethod,
+    "fedlc": FedLCMethod,
+    "fedrs": FedRSMethod,
+}
 
 
 def get_method(name: str, spec: ModelSpec) -> LocalMethod:

@@ -16,6 +16,7 @@ from typing import Any
 
 from data_prep.datasets import DATASETS
 from data_prep.partition import PARTITIONS
+from fedetf.methods import METHODS
 from fedetf.models import BACKBONES
 
 
@@ -52,6 +53,9 @@ class RunConfig:
     feature_dim: int = 128
     temperature: float = 0.2
     adaptation: str = "proportion"
+    prox_mu: float = 0.01
+    fedlc_tau: float = 1.0
+    fedrs_alpha: float = 0.5
     aggregation_weight: str = "examples"
     seed: int = 0
     device: str = "auto"
@@ -119,9 +123,13 @@ def _at_least(lo: float, *, strict: bool = False) -> Callable[[Any], str | None]
 
 def _json_object(v: Any) -> str | None:
     try:
-        return None if isinstance(json.loads(v), dict) else "a JSON object string, e.g. '{\"proximal_mu\": 0.01}'"
+        return None if isinstance(json.loads(v), dict) else "a JSON object string, e.g. '{\"eta\": 0.01}'"
     except json.JSONDecodeError:
-        return "a JSON object string, e.g. '{\"proximal_mu\": 0.01}'"
+        return "a JSON object string, e.g. '{\"eta\": 0.01}'"
+
+
+def _in_unit_interval(v: Any) -> str | None:
+    return None if 0 <= v <= 1 else "a number in [0, 1]"
 
 
 def _absolute_or_empty(what: str) -> Callable[[Any], str | None]:
@@ -140,7 +148,7 @@ def _existing_file_or_empty(v: Any) -> str | None:
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "dataset": _one_of(lambda: sorted(DATASETS)),
     "partition": _one_of(lambda: sorted(PARTITIONS)),
-    "client_method": _one_of(lambda: ["auto", "fedavg", "fedgela"]),
+    "client_method": _one_of(lambda: ["auto", *sorted(METHODS)]),
     "model": _one_of(lambda: ["auto", *sorted(BACKBONES)]),
     "adaptation": _one_of(lambda: ["none", "proportion"]),
     "aggregation_weight": _one_of(lambda: ["batches", "examples"]),
@@ -163,6 +171,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "clip_grad_norm": _at_least(0, strict=True),
     "feature_dim": _at_least(1),
     "temperature": _at_least(0, strict=True),
+    "prox_mu": _at_least(0),
+    "fedlc_tau": _at_least(0),
+    "fedrs_alpha": _in_unit_interval,
     "seed": _at_least(0),
 }
 

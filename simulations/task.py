@@ -52,6 +52,9 @@ def local_method(cfg: RunConfig, name: str) -> LocalMethod:
         class_weights=weights,
         weights_path=cfg.pretrained_weights,
         input_norm=(info.mean, info.std) if info.uint8_batches else None,
+        prox_mu=cfg.prox_mu,
+        fedlc_tau=cfg.fedlc_tau,
+        fedrs_alpha=cfg.fedrs_alpha,
     )
     return get_method(name, spec)
 

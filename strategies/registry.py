@@ -1,7 +1,8 @@
 """Find strategies by name or import path, and build them from a run config.
 
 ``strategy`` in the run config is either a built-in name (``fedavg``,
-``fedgela``, or any server-only Flower strategy such as ``fedadam``,
+``fedgela``, the baselines ``fedprox``, ``fedlc``, ``fedrs``, or any
+server-only Flower strategy such as ``fedadam``,
 ``fedyogi``, ``fedmedian``, ``fedavgm``) or a user's class given as
 ``"package.module:ClassName"``; the module must be importable where the
 ServerApp runs (installed, or inside the app directory). A strategy class
@@ -18,6 +19,7 @@ from typing import Any
 from flwr.serverapp import strategy as flwr_strategies
 from flwr.serverapp.strategy import FedAvg, Strategy
 
+from strategies.baselines import FedLC, FedProx, FedRS
 from strategies.fedgela import FedGELA
 
 # Flower strategies that need no client-side counterpart beyond FedAvg's loop.
@@ -38,6 +40,9 @@ _FLOWER_SERVER_ONLY = (
 BUILTIN_STRATEGIES: dict[str, type[Strategy]] = {
     **{name.lower(): getattr(flwr_strategies, name) for name in _FLOWER_SERVER_ONLY},
     "fedgela": FedGELA,
+    "fedprox": FedProx,
+    "fedlc": FedLC,
+    "fedrs": FedRS,
 }
 
 

@@ -104,6 +104,16 @@ def test_compare_table_csv_and_plot(runs: dict[str, Path], tmp_path: Path, capsy
     assert png.stat().st_size > 1000
 
 
+@pytest.mark.parametrize("name", ["fedprox", "fedlc", "fedrs"])
+def test_baselines_run_end_to_end(tmp_path: Path, name: str) -> None:
+    out = _run(tmp_path, name, strategy=name, **{"num-server-rounds": 2, "local-epochs": 1})
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["method"] == name
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["round"].tolist() == [1, 2] and metrics["generic_acc"].between(0, 1).all()
+    assert (metrics["train_loss"] > 0).all()
+
+
 def test_a_failed_run_raises_and_writes_nothing(tmp_path: Path) -> None:
     # Flower's engine only logs a failed ServerApp; run_local must not pass silently.
     with pytest.raises(SimulationFailed, match="exited with status 2"):
