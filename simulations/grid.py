@@ -10,6 +10,7 @@ callback (per-client metrics for ``clients.csv``), whatever the strategy.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,9 +27,27 @@ class PartitionOrderedGrid(Grid):
         self.partition_of: dict[int, int] = {}
         self.num_partitions: set[int] = set()
 
-    def handshake(self, timeout: float = 600.0) -> dict[int, int]:
-        """Ask every node for (partition-id, num-partitions); return node -> partition."""
-        nodes = list(self.inner.get_node_ids())
+    def wait_for_nodes(
+        self, expected: int, settle: float = 3.0, timeout: float = 120.0, poll: float = 0.1
+    ) -> list[int]:
+        """Connected node ids, once ``expected`` are there, or the count has been steady and
+        non-zero for ``settle`` seconds, or ``timeout`` has passed (nodes register
+        asynchronously: a ServerApp can start before any SuperNode is known)."""
+        start = time.monotonic()
+        last, since = -1, start
+        while True:
+            nodes = list(self.inner.get_node_ids())
+            now = time.monotonic()
+            if len(nodes) != last:
+                last, since = len(nodes), now
+            if len(nodes) >= expected or (nodes and now - since >= settle) or now - start >= timeout:
+                return nodes
+            time.sleep(poll)
+
+    def handshake(self, expected: int, timeout: float = 600.0) -> dict[int, int]:
+        """Wait for ``expected`` nodes (see :meth:`wait_for_nodes`), ask each for
+        (partition-id, num-partitions); return node -> partition."""
+        nodes = self.wait_for_nodes(expected)
         msgs = [
             Message(content=RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
             for n in nodes

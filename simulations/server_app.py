@@ -43,7 +43,7 @@ def _prepare(context: Context) -> tuple[RunConfig, Any]:
 
 
 def _check_nodes(grid: PartitionOrderedGrid, cfg: RunConfig) -> None:
-    mapping = grid.handshake()
+    mapping = grid.handshake(expected=cfg.num_clients)
     if len(mapping) != cfg.num_clients or grid.num_partitions != {cfg.num_clients}:
         raise SetupError(
             f"invalid run config: num-clients={cfg.num_clients} but the federation has {len(mapping)} supernodes; "
