@@ -7,13 +7,18 @@ ImageNet normalisation is left to the model (:class:`fedetf.models.ImageInput`).
 from __future__ import annotations
 
 import math
+import os
 import random
 import threading
 from typing import Any
 
-import albumentations as A
-import cv2
-import numpy as np
+# albumentations asks PyPI for a newer version on import (up to 2 s per process:
+# server, every Ray actor, every DataLoader worker); offline nodes only get a warning.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 class FlambyGeometry(A.ImageOnlyTransform):

@@ -123,9 +123,10 @@ def _at_least(lo: float, *, strict: bool = False) -> Callable[[Any], str | None]
 
 def _json_object(v: Any) -> str | None:
     try:
-        return None if isinstance(json.loads(v), dict) else "a JSON object string, e.g. '{\"eta\": 0.01}'"
+        ok = isinstance(json.loads(v), dict)
     except json.JSONDecodeError:
-        return "a JSON object string, e.g. '{\"eta\": 0.01}'"
+        ok = False
+    return None if ok else "a JSON object string, e.g. '{\"eta\": 0.01}'"
 
 
 def _in_unit_interval(v: Any) -> str | None:
