@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -15,7 +15,7 @@ from data_prep.partition import partition_indices
 
 @dataclass(frozen=True)
 class Federation:
-    """A dataset, its per-client partition, and a balanced global test set."""
+    """A dataset, its per-client partition, and the global test set (generic accuracy)."""
 
     info: DatasetInfo
     data: Splits
@@ -61,7 +61,7 @@ class Federation:
         )
 
     def global_test_loader(self, num_workers: int = 0) -> DataLoader:
-        """The balanced global test set (generic accuracy)."""
+        """The global test set (generic accuracy)."""
         return self._eval_loader(self.global_test, num_workers)
 
 
@@ -72,6 +72,10 @@ def balanced_subset(labels: np.ndarray, seed: int) -> np.ndarray:
     per_class = counts.min()
     picks = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in classes]
     return np.sort(np.concatenate(picks))
+
+
+#: Generic (global) test sets of a non-natural federation.
+GENERIC_TESTS = ("balanced", "full")
 
 
 @lru_cache(maxsize=4)
@@ -89,9 +93,30 @@ def load_federation(
     classes_per_client: int = 2,
     dirichlet_beta: float = 0.5,
     options: tuple[tuple[str, object], ...] = (),
+    *,
+    pcdd_assignment: str = "flwr",
+    normalize: bool = True,
+    generic_test: str = "balanced",
 ) -> Federation:
-    """Decode (cached) and partition a dataset; a pure function of its arguments."""
+    """Decode (cached) and partition a dataset; a pure function of its arguments.
+
+    Parameters
+    ----------
+    pcdd_assignment
+        Class assignment of the ``pcdd`` partition: ``"flwr"`` or ``"sequential"`` (FedGELA's code).
+    normalize
+        ``False``: inputs stay in [0, 1] (the info's mean/std become 0/1, which every
+        transform and the on-device normalisation of uint8 batches follow).
+    generic_test
+        ``"balanced"``: an equal number of test samples per class; ``"full"``: the whole
+        test set. A natural federation always uses its whole pooled test set.
+    """
+    if generic_test not in GENERIC_TESTS:
+        raise ValueError(f"generic-test={generic_test!r} is unknown; allowed: {list(GENERIC_TESTS)}")
     data = load_dataset(dataset, seed, options)
+    info = DATASETS[dataset].info
+    if not normalize:
+        info = replace(info, mean=(0.0,) * info.in_channels, std=(1.0,) * info.in_channels)
     if partition == "natural":
         parts = natural_parts(data, num_clients)
         # The pooled test set is the generic view of a natural federation.
@@ -105,9 +130,13 @@ def load_federation(
             seed,
             classes_per_client=classes_per_client,
             beta=dirichlet_beta,
+            assignment=pcdd_assignment,
         )
-        global_test = balanced_subset(data.y_test, seed)
-    return Federation(DATASETS[dataset].info, data, parts, global_test)
+        if generic_test == "full":
+            global_test = np.arange(len(data.y_test))
+        else:
+            global_test = balanced_subset(data.y_test, seed)
+    return Federation(info, data, parts, global_test)
 
 
 def natural_parts(data: Splits, num_clients: int) -> list[tuple[np.ndarray, np.ndarray]]:

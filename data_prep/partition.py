@@ -4,13 +4,19 @@ Every partition is a pure function of (labels, scheme, parameters, seed) and
 returns, per client, indices into the train split and into the test split.
 Test splits follow the train split's label distribution:
 
-* ``pcdd``: flwr-datasets' ``PathologicalPartitioner`` (first class round-robin,
-  the rest random; each class's samples split evenly among its holders), run
-  on train and test with the same seed, so each client's test split holds
-  exactly its train classes (checked).
+* ``pcdd``: each client holds ``classes_per_client`` classes; each class's
+  samples are split evenly (``np.array_split``) among its holders, train and
+  test alike, so each client's test split holds only its train classes. The
+  class assignment is either flwr-datasets' ``PathologicalPartitioner``
+  (``"flwr"``: first class round-robin, the rest random, class samples in
+  dataset order) or the FedGELA authors' (``"sequential"``: the first K slots
+  are classes 0..K-1 in order, the rest random; class samples shuffled).
 * ``dirichlet``: per class, one Dirichlet(beta) draw over clients splits both
   the train and the test samples of that class.
 * ``iid``: flwr-datasets' ``IidPartitioner`` on train and on test.
+
+A partition that leaves a client without train samples raises a one-line
+``ValueError``; a client may have an empty test split.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from flwr_datasets.partitioner import IidPartitioner, Partitioner, PathologicalP
 
 Parts = list[tuple[np.ndarray, np.ndarray]]
 
+#: Class assignments of ``pcdd``.
+PCDD_ASSIGNMENTS = ("flwr", "sequential")
+
 
 def _run_partitioner(partitioner: Partitioner, labels: np.ndarray) -> list[np.ndarray]:
     partitioner.dataset = Dataset.from_dict({"label": labels, "idx": np.arange(len(labels))})
@@ -32,25 +41,114 @@ def _run_partitioner(partitioner: Partitioner, labels: np.ndarray) -> list[np.nd
     ]
 
 
-def pcdd(y_train: np.ndarray, y_test: np.ndarray, num_clients: int, seed: int, classes_per_client: int) -> Parts:
-    """Each client holds ``classes_per_client`` classes, in train and test alike."""
+def _require_train_samples(parts: Parts, scheme: str, n_train: int) -> Parts:
+    """Raise a one-line ``ValueError`` if any client has an empty train split."""
+    for cid, (tr, _) in enumerate(parts):
+        if len(tr) == 0:
+            raise ValueError(
+                f"num-clients={len(parts)}: partition {scheme!r} leaves client {cid} with no train samples "
+                f"(the train split has {n_train} samples); lower num-clients"
+            )
+    return parts
 
-    def split(labels: np.ndarray) -> list[np.ndarray]:
-        part = PathologicalPartitioner(
-            num_partitions=num_clients,
-            partition_by="label",
-            num_classes_per_partition=classes_per_client,
-            class_assignment_mode="first-deterministic",
-            shuffle=True,
-            seed=seed,
+
+def flwr_assignment(classes: np.ndarray, num_clients: int, classes_per_client: int, seed: int) -> list[list[int]]:
+    """Classes of each client as ``PathologicalPartitioner`` ("first-deterministic") assigns them.
+
+    The partitioner runs on a stand-in label column holding every class ``num_clients``
+    times: its assignment depends only on the sorted classes, the settings and the seed.
+    """
+    part = PathologicalPartitioner(
+        num_partitions=num_clients,
+        partition_by="label",
+        num_classes_per_partition=classes_per_client,
+        class_assignment_mode="first-deterministic",
+        shuffle=True,
+        seed=seed,
+    )
+    stand_in = np.repeat(classes, num_clients)
+    return [sorted(int(c) for c in np.unique(stand_in[idx])) for idx in _run_partitioner(part, stand_in)]
+
+
+def sequential_assignment(
+    classes: np.ndarray, num_clients: int, classes_per_client: int, rng: np.random.Generator
+) -> list[list[int]]:
+    """Classes of each client as the FedGELA authors assign them.
+
+    Client slots are filled in order: slot ``s = client * classes_per_client + j``
+    gets class ``classes[s]`` while ``s < K``, afterwards a random class the
+    client does not hold yet.
+    """
+    out: list[list[int]] = []
+    for cid in range(num_clients):
+        held: list[int] = []
+        for j in range(classes_per_client):
+            slot = cid * classes_per_client + j
+            if slot < len(classes):
+                held.append(int(classes[slot]))
+            else:
+                held.append(int(rng.choice(np.setdiff1d(classes, held))))
+        out.append(held)
+    return out
+
+
+def split_among_holders(
+    labels: np.ndarray, assignment: list[list[int]], rng: np.random.Generator | None = None
+) -> list[np.ndarray]:
+    """Split each class's samples evenly (``np.array_split``) among its holders, in client order.
+
+    With ``rng`` each class's samples are shuffled first; without, they keep dataset order.
+    A holder may get no sample of a class that has fewer samples than holders.
+    """
+    out: list[list[np.ndarray]] = [[np.zeros(0, np.int64)] for _ in assignment]
+    for c in sorted({c for held in assignment for c in held}):
+        holders = [cid for cid, held in enumerate(assignment) if c in held]
+        idx = np.flatnonzero(labels == c)
+        if rng is not None:
+            idx = rng.permutation(idx)
+        for cid, chunk in zip(holders, np.array_split(idx, len(holders)), strict=True):
+            out[cid].append(chunk)
+    return [np.sort(np.concatenate(chunks)).astype(np.int64) for chunks in out]
+
+
+def pcdd(
+    y_train: np.ndarray,
+    y_test: np.ndarray,
+    num_clients: int,
+    seed: int,
+    classes_per_client: int,
+    assignment: str = "flwr",
+) -> Parts:
+    """Each client holds ``classes_per_client`` classes, in train and test alike.
+
+    ``assignment``: ``"flwr"`` (``PathologicalPartitioner``; same indices as running
+    it on the train labels) or ``"sequential"`` (the FedGELA authors' code).
+    """
+    classes = np.unique(y_train)
+    if not 1 <= classes_per_client <= len(classes):
+        raise ValueError(
+            f"classes-per-client={classes_per_client} must be between 1 and the {len(classes)} classes of the "
+            "train split"
         )
-        return _run_partitioner(part, labels)
-
-    train, test = split(y_train), split(y_test)
-    for cid, (tr, te) in enumerate(zip(train, test, strict=True)):
-        if not set(np.unique(y_test[te])) <= set(np.unique(y_train[tr])):
-            raise RuntimeError(f"pcdd: client {cid}'s test classes differ from its train classes")
-    return list(zip(train, test, strict=True))
+    if assignment == "flwr":
+        held, rng = flwr_assignment(classes, num_clients, classes_per_client, seed), None
+    elif assignment == "sequential":
+        rng = np.random.default_rng(seed)
+        held = sequential_assignment(classes, num_clients, classes_per_client, rng)
+    else:
+        raise ValueError(f"pcdd-assignment={assignment!r} is unknown; allowed: {list(PCDD_ASSIGNMENTS)}")
+    for c in classes:
+        holders = [cid for cid, h in enumerate(held) if c in h]
+        n = int((y_train == c).sum())
+        if len(holders) > n:
+            raise ValueError(
+                f"num-clients={num_clients}: partition 'pcdd' leaves client {holders[n]} without class {c} "
+                f"(class {c} has {n} train samples for {len(holders)} holders); "
+                "lower num-clients or classes-per-client"
+            )
+    train = split_among_holders(y_train, held, rng)
+    test = split_among_holders(y_test, held, rng)
+    return _require_train_samples(list(zip(train, test, strict=True)), "pcdd", len(y_train))
 
 
 def iid(y_train: np.ndarray, y_test: np.ndarray, num_clients: int, seed: int) -> Parts:
@@ -58,9 +156,12 @@ def iid(y_train: np.ndarray, y_test: np.ndarray, num_clients: int, seed: int) ->
 
     def split(labels: np.ndarray, s: int) -> list[np.ndarray]:
         perm = np.random.default_rng(s).permutation(len(labels))
+        if len(labels) < num_clients:  # IidPartitioner cannot leave a shard empty; its contiguous shards:
+            return [np.sort(p).astype(np.int64) for p in np.array_split(perm, num_clients)]
         return [np.sort(perm[i]) for i in _run_partitioner(IidPartitioner(num_clients), labels[perm])]
 
-    return list(zip(split(y_train, seed), split(y_test, seed + 1), strict=True))
+    parts = list(zip(split(y_train, seed), split(y_test, seed + 1), strict=True))
+    return _require_train_samples(parts, "iid", len(y_train))
 
 
 def dirichlet(
@@ -85,7 +186,7 @@ def dirichlet(
         train = _split_by_props(y_train, classes, props, rng)
         if min(len(t) for t in train) >= need:
             test = _split_by_props(y_test, classes, props, rng)
-            return list(zip(train, test, strict=True))
+            return _require_train_samples(list(zip(train, test, strict=True)), "dirichlet", len(y_train))
     raise ValueError(
         f"dirichlet-beta={beta} with num-clients={num_clients}: no draw in {max_tries} gave every client "
         f">= {need} train samples; raise dirichlet-beta or lower num-clients"
@@ -115,10 +216,18 @@ def partition_indices(
     seed: int,
     classes_per_client: int = 2,
     beta: float = 0.5,
+    assignment: str = "flwr",
 ) -> Parts:
-    """Per-client (train indices, test indices) for a named scheme."""
+    """Per-client (train indices, test indices) for a named scheme.
+
+    ``assignment`` is pcdd's class assignment (``"flwr"`` or ``"sequential"``); other schemes ignore it.
+    """
+    if num_clients < 1:
+        raise ValueError(f"num-clients={num_clients} must be at least 1")
+    if assignment not in PCDD_ASSIGNMENTS:
+        raise ValueError(f"pcdd-assignment={assignment!r} is unknown; allowed: {list(PCDD_ASSIGNMENTS)}")
     if scheme == "pcdd":
-        return pcdd(y_train, y_test, num_clients, seed, classes_per_client)
+        return pcdd(y_train, y_test, num_clients, seed, classes_per_client, assignment=assignment)
     if scheme == "dirichlet":
         return dirichlet(y_train, y_test, num_clients, seed, beta)
     if scheme == "iid":

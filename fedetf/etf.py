@@ -33,3 +33,24 @@ def simplex_etf(num_classes: int, dim: int, seed: int) -> torch.Tensor:
         rot, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
         m = math.sqrt(k / (k - 1)) * rot @ basis.T @ centring
     return m.to(torch.float32).contiguous()
+
+
+def nearest_etf(class_means: torch.Tensor, previous: torch.Tensor, delta: float = 0.0) -> torch.Tensor:
+    """The simplex ETF nearest to the class means (Markou et al., NeurIPS 2024), by orthogonal Procrustes.
+
+    ``class_means`` and ``previous`` are ``d x K``. With the centring ``C = I - 11^T/K``
+    and ``A = H C / ||H C||_F + delta * previous / ||previous||_F``, ``U = P V^T`` from the
+    SVD ``A = P S V^T`` and the result is ``sqrt(K/(K-1)) U C``: still a simplex ETF
+    (unit columns, cosines -1/(K-1)); ``delta`` keeps it close to ``previous``.
+    """
+    d, k = class_means.shape
+    h = class_means.to(torch.float64)
+    centring = torch.eye(k, dtype=torch.float64) - torch.full((k, k), 1.0 / k, dtype=torch.float64)
+    a = h @ centring
+    a = a / a.norm().clamp(min=1e-12)
+    prev = previous.to(torch.float64)
+    if delta:
+        a = a + delta * prev / prev.norm().clamp(min=1e-12)
+    p, _, vh = torch.linalg.svd(a, full_matrices=False)
+    m = math.sqrt(k / (k - 1)) * (p @ vh) @ centring
+    return m.to(previous.dtype).contiguous()

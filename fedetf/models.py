@@ -65,7 +65,49 @@ def efficientnet_b0(in_channels: int = 3, weights_path: str = "") -> nn.Module:
     return trunk
 
 
-BACKBONES = {"cnn": SmallCNN, "resnet18": resnet18_cifar, "efficientnet_b0": efficientnet_b0}
+class SimpleCNN(nn.Module):
+    """The FedGELA/MOON authors' "simple-cnn": two 5x5 conv layers without BatchNorm, then 120 -> 84 units.
+
+    Conv(C->6, 5) ReLU MaxPool2, Conv(6->16, 5) ReLU MaxPool2, flatten, Linear(., 120) ReLU, Linear(120, 84) ReLU.
+    Defined for 28x28 (flatten 16*4*4) and 32x32 (flatten 16*5*5) inputs only.
+    """
+
+    SIZES = {28: 16 * 4 * 4, 32: 16 * 5 * 5}
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28) -> None:
+        super().__init__()
+        if image_size not in self.SIZES:
+            raise ValueError(
+                f"model='simple-cnn' takes 28x28 or 32x32 images, not {image_size}x{image_size}; "
+                "use model='cnn' for other sizes"
+            )
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(self.SIZES[image_size], 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+        )
+        self.out_dim = 84
+        #: The authors' projection is Linear(84, 84) ReLU Linear(84, d): hidden width 84.
+        self.head_hidden = 84
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+BACKBONES = {
+    "cnn": SmallCNN,
+    "simple-cnn": SimpleCNN,
+    "resnet18": resnet18_cifar,
+    "efficientnet_b0": efficientnet_b0,
+}
 
 
 class FeatureHead(nn.Module):
@@ -92,29 +134,80 @@ class LinearHead(nn.Module):
 
 
 class ETFHead(nn.Module):
-    """Fixed simplex-ETF classifier with FedGELA's local adaptation.
+    """Fixed simplex-ETF classifier ``M`` (d x K) with a client's local adaptation.
 
-    Generic logits are ``h^T M``. Personal (locally adapted) logits are
-    ``h^T M diag(Ew) / T`` where ``Ew`` is the client's adaptation vector. ``M``
-    is a persistent buffer (saved with the model, never trained); ``Ew`` is a
-    non-persistent buffer, so it never leaves the client.
+    Generic logits are ``g = s * f(h)^T M``: ``f`` is the identity, or L2
+    normalisation when ``normalize``; ``s`` is 1, or a learned scalar when
+    ``scale`` is given (its initial value). Personal logits depend on ``mode``:
+
+    * ``"multiplicative"`` (FedGELA): ``g * Ew / T``, ``Ew`` the client's adaptation vector;
+    * ``"additive"`` (logit adjustment / balanced softmax): ``g + log_prior``;
+    * ``"none"``: ``g``.
+
+    ``M`` is a persistent buffer (never trained, never averaged by fedetf's
+    methods); the adaptation vector and log prior are non-persistent buffers,
+    so they never leave the client.
     """
 
-    def __init__(self, dim: int, num_classes: int, seed: int, temperature: float = 0.2) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        seed: int,
+        temperature: float = 0.2,
+        *,
+        normalize: bool = False,
+        scale: float | None = None,
+        mode: str = "multiplicative",
+    ) -> None:
         super().__init__()
+        if mode not in ("multiplicative", "additive", "none"):
+            raise ValueError(f"ETFHead mode={mode!r}; allowed: 'multiplicative', 'additive', 'none'")
         self.temperature = float(temperature)
+        self.normalize = normalize
+        self.mode = mode
         self.register_buffer("etf", simplex_etf(num_classes, dim, seed))
+        self.scale = nn.Parameter(torch.tensor(float(scale))) if scale is not None else None
         self.register_buffer("adaptation", torch.ones(num_classes), persistent=False)
+        self.register_buffer("log_prior", torch.zeros(num_classes), persistent=False)
 
     def set_adaptation(self, ew: torch.Tensor) -> None:
         """Set the per-class scale vector ``Ew`` (length K)."""
         self.adaptation.copy_(ew.to(self.adaptation))
 
-    def forward(self, h: torch.Tensor, personal: bool = False) -> torch.Tensor:
+    def set_log_prior(self, log_prior: torch.Tensor) -> None:
+        """Set the per-class additive term (length K), e.g. ``log n_c``."""
+        self.log_prior.copy_(log_prior.to(self.log_prior))
+
+    def generic(self, h: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            h = nn.functional.normalize(h, dim=1)
         logits = h @ self.etf
-        if personal:
-            logits = logits * self.adaptation / self.temperature
-        return logits
+        return logits * self.scale if self.scale is not None else logits
+
+    def forward(self, h: torch.Tensor, personal: bool = False) -> torch.Tensor:
+        logits = self.generic(h)
+        if not personal or self.mode == "none":
+            return logits
+        if self.mode == "additive":
+            return logits + self.log_prior
+        return logits * self.adaptation / self.temperature
+
+
+class DualHead(nn.Module):
+    """FedRoD's two linear heads: ``generic`` (shared) and ``personal`` (kept on the client).
+
+    Generic logits are ``generic(h)``; personal logits are ``generic(h) + personal(h)``.
+    """
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.generic = nn.Linear(dim, num_classes)
+        self.personal = nn.Linear(dim, num_classes)
+
+    def forward(self, h: torch.Tensor, personal: bool = False) -> torch.Tensor:
+        g = self.generic(h)
+        return g + self.personal(h) if personal else g
 
 
 class ImageInput(nn.Module):
@@ -161,6 +254,9 @@ class FedModel(nn.Module):
         return self.classifier(self.features(x), personal=personal)
 
 
+HEADS = ("linear", "etf", "dual")
+
+
 def build_model(
     backbone: str,
     in_channels: int,
@@ -168,28 +264,50 @@ def build_model(
     feature_dim: int,
     head: str = "linear",
     seed: int = 0,
-    temperature: float = 0.2,
     weights_path: str = "",
     input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    image_size: int = 0,
+    feature_norm: str = "none",
+    **head_options: object,
 ) -> FedModel:
-    """Build a :class:`FedModel`; ``head`` is ``"linear"`` or ``"etf"``.
+    """Build a :class:`FedModel`.
 
-    Initialisation is seeded by ``seed`` so every process builds the same model.
-    ``weights_path`` (EfficientNet-B0 only) loads pretrained trunk weights.
-    ``input_norm`` (mean, std) makes the model take uint8 NHWC batches.
+    Parameters
+    ----------
+    backbone : str
+        A key of :data:`BACKBONES`.
+    head : str
+        ``"linear"`` (learned), ``"etf"`` (fixed simplex ETF; ``head_options`` go to
+        :class:`ETFHead`) or ``"dual"`` (FedRoD's generic + personal heads).
+    seed : int
+        Seeds initialisation (and the ETF), so every process builds the same model.
+    weights_path : str
+        Pretrained trunk weights (EfficientNet-B0 only).
+    input_norm : (mean, std) or None
+        Makes the model take uint8 NHWC batches and normalise them.
+    image_size : int
+        Input height/width (needed by ``simple-cnn``).
+    feature_norm : str
+        ``"batchnorm"`` puts BatchNorm1d on the features (FedGELA), ``"none"`` does not.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"model={backbone!r} is unknown; allowed: {sorted(BACKBONES)}")
+    if head not in HEADS:
+        raise ValueError(f"head={head!r} is unknown; allowed: {list(HEADS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        extra = {"weights_path": weights_path} if backbone == "efficientnet_b0" else {}
+        extra: dict[str, object] = {}
+        if backbone == "efficientnet_b0":
+            extra["weights_path"] = weights_path
+        if backbone == "simple-cnn":
+            extra["image_size"] = image_size
         body = BACKBONES[backbone](in_channels=in_channels, **extra)
+        hidden = getattr(body, "head_hidden", 256)
+        feat = FeatureHead(body.out_dim, feature_dim, hidden=hidden, batchnorm=feature_norm == "batchnorm")
         if head == "etf":
-            feat = FeatureHead(body.out_dim, feature_dim, batchnorm=True)
-            cls: nn.Module = ETFHead(feature_dim, num_classes, seed=seed, temperature=temperature)
-        elif head == "linear":
-            feat = FeatureHead(body.out_dim, feature_dim, batchnorm=False)
-            cls = LinearHead(feature_dim, num_classes)
+            cls: nn.Module = ETFHead(feature_dim, num_classes, seed=seed, **head_options)  # type: ignore[arg-type]
+        elif head == "dual":
+            cls = DualHead(feature_dim, num_classes)
         else:
-            raise ValueError(f"head={head!r} is unknown; allowed: ['etf', 'linear']")
+            cls = LinearHead(feature_dim, num_classes)
     return FedModel(body, feat, cls, ImageInput(*input_norm) if input_norm else None)

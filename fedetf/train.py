@@ -1,27 +1,22 @@
-"""Local training and evaluation loops shared by every method."""
+"""Local training and evaluation loops shared by every method, and one client round."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
-from fedetf.methods import LocalMethod
+from fedetf.methods.base import ClientRound, LocalMethod, Phase, Tensors, TrainSettings
 from fedetf.metrics import accuracy, balanced_accuracy
 from fedetf.models import FedModel
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """Local optimisation settings (the authors' defaults)."""
-
-    epochs: int = 10
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    clip_grad_norm: float = 20.0
+class NonFiniteError(FloatingPointError):
+    """Local training produced a non-finite loss or weights."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +30,64 @@ class EvalResult:
     num_correct: int
 
 
+LossFn = Callable[[FedModel, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def run_phases(
+    model: FedModel,
+    phases: list[Phase],
+    loader: DataLoader,
+    settings: TrainSettings,
+    device: torch.device | str = "cpu",
+    loss_fn: LossFn | None = None,
+    before_step: Callable[[FedModel], None] | None = None,
+) -> tuple[float, int]:
+    """Run local SGD phase by phase; return (mean training loss, number of optimizer steps).
+
+    Each phase trains only its parameters (the others are frozen meanwhile) with a
+    fresh optimizer, so momentum restarts every phase and round, as in the FedGELA
+    authors' code. Raises :class:`NonFiniteError` on a non-finite loss.
+    """
+    model.to(device).train()
+    loss_fn = loss_fn or (lambda m, x, y: nn.functional.cross_entropy(m(x, personal=True), y))
+    all_params = list(model.parameters())
+    flags = [p.requires_grad for p in all_params]
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    steps = 0
+    try:
+        for phase in phases:
+            ids = {id(p) for p in phase.params}
+            for p in all_params:
+                p.requires_grad_(id(p) in ids)
+            params = [p for p in all_params if id(p) in ids] + [
+                p for p in phase.params if id(p) not in {id(q) for q in all_params}
+            ]
+            if not params or phase.epochs == 0:
+                continue
+            opt = torch.optim.SGD(params, lr=phase.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+            for _ in range(phase.epochs):
+                for x, y in loader:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    opt.zero_grad(set_to_none=True)
+                    loss = loss_fn(model, x, y)
+                    loss.backward()
+                    if before_step is not None:
+                        before_step(model)
+                    torch.nn.utils.clip_grad_norm_(params, settings.clip_grad_norm)
+                    opt.step()
+                    total += loss.detach()
+                    steps += 1
+                if not torch.isfinite(total):  # one check per epoch: no device sync per step
+                    raise NonFiniteError(
+                        f"local training diverged in phase {phase.name!r}: non-finite loss "
+                        f"(lower lr, or raise temperature)"
+                    )
+    finally:
+        for p, flag in zip(all_params, flags, strict=True):
+            p.requires_grad_(flag)
+    return (float(total) / steps if steps else float("nan")), steps
+
+
 def train_local(
     model: FedModel,
     method: LocalMethod,
@@ -42,26 +95,8 @@ def train_local(
     settings: TrainSettings,
     device: torch.device | str = "cpu",
 ) -> tuple[float, int]:
-    """Run local SGD; return (mean training loss, number of optimizer steps).
-
-    The optimizer is built afresh on each call, so momentum restarts every
-    round, as in the FedGELA authors' code.
-    """
-    model.to(device).train()
-    params = list(method.trainable_parameters(model))
-    opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    total, steps = 0.0, 0
-    for _ in range(settings.epochs):
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            loss = method.loss(model, x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, settings.clip_grad_norm)
-            opt.step()
-            total += float(loss.detach())
-            steps += 1
-    return (total / steps if steps else float("nan")), steps
+    """Train with the method's phases, loss and per-step hook; return (mean loss, steps)."""
+    return run_phases(model, method.phases(model, settings), loader, settings, device, method.loss, method.before_step)
 
 
 @torch.no_grad()
@@ -95,3 +130,56 @@ def evaluate(
         num_examples=n,
         num_correct=int((y == p).sum()),
     )
+
+
+@dataclass
+class RoundResult:
+    """What one client round produces."""
+
+    shared: Tensors
+    extras: dict[str, Tensors]
+    train_loss: float
+    steps: int
+    before: EvalResult
+    after: EvalResult
+    state: Tensors = field(default_factory=dict)
+
+
+def client_round(
+    method: LocalMethod,
+    model: FedModel,
+    initial: Tensors,
+    shared: Tensors,
+    rnd: ClientRound,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    settings: TrainSettings,
+    device: torch.device | str = "cpu",
+) -> RoundResult:
+    """One client's round: load, adapt, evaluate before training, train, collect, personalise, evaluate.
+
+    ``initial`` is the seeded initial state of ``model`` (the source of fixed
+    weights and of personal weights the client has not trained yet); ``rnd.state``
+    is updated in place with the client's new personal state.
+    """
+    rnd.train_loader, rnd.device = train_loader, device
+    method.load(model, shared, initial, rnd.state, rnd.received)
+    model.to(device)
+    method.begin(model, rnd)
+    before = evaluate(model, test_loader, personal=True, device=device)
+    loss, steps = train_local(model, method, train_loader, settings, device)
+    out = {k: v.detach().cpu() for k, v in method.shared_state(model).items()}
+    for k, v in out.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise NonFiniteError(f"local training produced non-finite weights in {k!r} (lower lr)")
+    extras = method.end(model, rnd, steps)
+    for k, v in method.personal_state(model).items():
+        rnd.state[f"model.{k}"] = v.detach().cpu().clone()
+    personal = method.personalize(model, train_loader, settings, device)
+    after = evaluate(personal, test_loader, personal=True, device=device)
+    return RoundResult(out, extras, loss, steps, before, after, rnd.state)
+
+
+def initial_state(model: nn.Module) -> Tensors:
+    """A detached copy of a freshly built model's state (fixed and not-yet-trained personal weights)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -1,35 +1,30 @@
-"""fedetf ClientApp: local training with the run's method, personal evaluation."""
+"""fedetf ClientApp: one client round of the run's method; per-client state in ``context.state``."""
 
 from __future__ import annotations
-
-from functools import lru_cache
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedetf.methods import LocalMethod
-from fedetf.train import TrainSettings, evaluate, train_local
-from simulations.config import RunConfig, parse_run_config
-from simulations.task import device, federation, local_method, round_seed
+from fedetf.methods import ClientRound, TrainSettings
+from fedetf.train import client_round, evaluate
+from simulations.config import parse_run_config
+from simulations.task import device, federation, make_method, model_buffer, round_seed
 
 app = ClientApp()
 
-
-@lru_cache(maxsize=4)
-def _model(method: LocalMethod) -> torch.nn.Module:
-    """One model per method and worker process; every round overwrites its whole state."""
-    return method.build_model()
+#: The key of the method's per-client state in ``context.state`` (an ArrayRecord of named tensors).
+STATE_KEY = "fedetf.method-state"
 
 
-def _setup(msg: Message, context: Context) -> tuple[RunConfig, int, LocalMethod, torch.nn.Module, torch.device]:
-    cfg = parse_run_config(context.run_config)
-    pid = int(context.node_config["partition-id"])
-    method = local_method(cfg, str(msg.content["config"]["method"]))
-    model = _model(method)
-    method.load_global(model, msg.content["arrays"].to_torch_state_dict())
-    method.prepare(model, torch.from_numpy(federation(cfg).label_counts(pid)))
-    return cfg, pid, method, model, device(cfg)
+def _state(context: Context) -> dict[str, torch.Tensor]:
+    record = context.state.get(STATE_KEY)
+    return dict(record.to_torch_state_dict()) if isinstance(record, ArrayRecord) else {}
+
+
+def _received(msg: Message) -> dict[str, dict[str, torch.Tensor]]:
+    """The server's broadcast records: every ArrayRecord but the global weights."""
+    return {k: r.to_torch_state_dict() for k, r in msg.content.array_records.items() if k != "arrays"}
 
 
 @app.query()
@@ -41,39 +36,65 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train locally, then evaluate the locally adapted model on the local test split."""
-    cfg, pid, method, model, dev = _setup(msg, context)
-    server_round = int(msg.content["config"]["server-round"])
+    """Evaluate the received model (personal view), train locally, evaluate the personal model."""
+    cfg = parse_run_config(context.run_config)
+    pid = int(context.node_config["partition-id"])
+    config = dict(msg.content["config"])
+    server_round = int(config["server-round"])
     seed = round_seed(cfg.seed, server_round, pid)
     torch.manual_seed(seed)
-    train_loader, test_loader = federation(cfg).client_loaders(
-        pid, cfg.batch_size, seed, cfg.drop_last, cfg.num_workers
+    fed = federation(cfg)
+    method = make_method(cfg)
+    model, initial = model_buffer(method)
+    train_loader, test_loader = fed.client_loaders(pid, cfg.batch_size, seed, cfg.drop_last, cfg.num_workers)
+    rnd = ClientRound(
+        label_counts=torch.from_numpy(fed.label_counts(pid)),
+        state=_state(context),
+        received=_received(msg),
+        config=config,
+        server_round=server_round,
     )
     settings = TrainSettings(cfg.local_epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_grad_norm)
-    loss, steps = train_local(model, method, train_loader, settings, dev)
-    personal = evaluate(model, test_loader, personal=True, device=dev)
-    n_train = len(train_loader.dataset)
+    shared = msg.content["arrays"].to_torch_state_dict()
+    res = client_round(method, model, initial, shared, rnd, train_loader, test_loader, settings, device(cfg))
+    if res.state:
+        context.state[STATE_KEY] = ArrayRecord(res.state)
     metrics = MetricRecord(
         {
-            "num-examples": n_train,
-            "num-batches": steps // cfg.local_epochs,
-            "train-loss": loss,
-            "personal-acc": personal.acc,
-            "personal-bacc": personal.bacc,
-            "personal-correct": personal.num_correct,
-            "test-examples": personal.num_examples,
+            "num-examples": len(train_loader.dataset),
+            "num-batches": res.steps // max(1, cfg.local_epochs),
+            "train-loss": res.train_loss,
+            "personal-acc": res.after.acc,
+            "personal-bacc": res.after.bacc,
+            "personal-correct": res.after.num_correct,
+            "personal-acc-before": res.before.acc,
+            "personal-bacc-before": res.before.bacc,
+            "personal-correct-before": res.before.num_correct,
+            "test-examples": res.after.num_examples,
             "partition-id": pid,
         }
     )
-    arrays = ArrayRecord(model.cpu().state_dict())
-    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    content = RecordDict({"arrays": ArrayRecord(res.shared), "metrics": metrics})
+    for name, tensors in res.extras.items():
+        content[name] = ArrayRecord({k: v.detach().cpu() for k, v in tensors.items()})
+    return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
-    """Evaluate the received model, locally adapted, on the local test split."""
-    cfg, pid, _, model, dev = _setup(msg, context)
-    _, test_loader = federation(cfg).client_loaders(pid, cfg.batch_size, cfg.seed, num_workers=cfg.num_workers)
+    """Evaluate the received model with this client's personal state and adaptation on its test split."""
+    cfg = parse_run_config(context.run_config)
+    pid = int(context.node_config["partition-id"])
+    fed = federation(cfg)
+    method = make_method(cfg)
+    model, initial = model_buffer(method)
+    _, test_loader = fed.client_loaders(pid, cfg.batch_size, cfg.seed, num_workers=cfg.num_workers)
+    rnd = ClientRound(label_counts=torch.from_numpy(fed.label_counts(pid)), state=_state(context),
+                      received=_received(msg), config=dict(msg.content["config"]))
+    method.load(model, msg.content["arrays"].to_torch_state_dict(), initial, rnd.state, rnd.received)
+    dev = device(cfg)
+    model.to(dev)
+    method.begin(model, rnd)
     res = evaluate(model, test_loader, personal=True, device=dev)
     metrics = MetricRecord({"num-examples": res.num_examples, "personal-acc": res.acc, "personal-bacc": res.bacc})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -1,116 +1,448 @@
-"""Compare finished runs: mean +- std of last-round and best-round metrics.
+"""Compare finished runs: mean +- std over seeds, and paired differences against a baseline method.
 
-Usage: ``fedetf-compare RUN_DIR [RUN_DIR ...] [--by strategy local-epochs]
-[--csv table.csv] [--plot curves.png]``. Runs are grouped by the given config
-keys; seeds (and any other key not grouped on) are averaged over.
+Usage: ``fedetf-compare RUN_DIR [RUN_DIR ...] [--by method local-epochs] [--metric acc|bacc]
+[--baseline fedavg] [--last-k 5] [--csv table.csv] [--markdown table.md] [--plot curves.png]``.
+
+Runs are grouped by the given config keys; seeds (and any other key not grouped on) are averaged
+over. For every view (a metrics.csv column present in all runs) the table reports the last round,
+the best round and the mean of the last k rounds, each as mean +- std over the runs of a group
+(ddof=0). Against the baseline method, runs are paired by seed and by every other ``--by`` key;
+the table reports the mean and std of the per-seed differences of the last-k mean and the wins.
+
+A dotted key ``ns.x`` (a method setting such as ``fedgela.temperature``) is shown only for runs
+whose ``run.json`` lists it under ``method_settings``; other runs show ``-``. Old runs that name
+the method ``strategy`` rather than ``method`` are read as if they used ``method``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
+METHOD_KEYS = ("method", "strategy")
+NOT_USED = "-"
+STAT_NAMES = {"last": "last round", "best": "best round"}
+#: metrics.csv columns compared for ``--metric m``, in table order; each is used only if present in all runs.
+VIEW_TEMPLATES = ("generic_{m}", "personal_{m}", "personal_{m}_before", "personal_{m}_client_mean")
 VIEWS = ("personal_acc", "generic_acc", "personal_bacc", "generic_bacc")
 
 
-def load_runs(dirs: Sequence[Path]) -> pd.DataFrame:
-    """One row per run: its config plus last-round and best-round values per view."""
+def stats(last_k: int = 5) -> tuple[str, ...]:
+    """Column suffixes of the per-run statistics: last round, best round, mean of the last ``last_k`` rounds."""
+    return ("last", "best", f"last{last_k}")
+
+
+def stat_name(stat: str) -> str:
+    """Human-readable name of a statistic suffix, e.g. ``"mean of last 5 rounds"`` for ``"last5"``."""
+    return STAT_NAMES.get(stat) or f"mean of last {stat.removeprefix('last')} rounds"
+
+
+def views_for(metric: str, runs: pd.DataFrame, last_k: int = 5) -> tuple[str, ...]:
+    """The views of ``metric`` (``"acc"`` or ``"bacc"``) that every run in ``runs`` has."""
+    views = [t.format(m=metric) for t in VIEW_TEMPLATES]
+    return tuple(v for v in views if f"{v}_last{last_k}" in runs.columns and runs[f"{v}_last{last_k}"].notna().all())
+
+
+def _read_run(d: Path) -> dict[str, Any]:
+    info = json.loads((d / "run.json").read_text())
+    if info.get("status") != "finished":
+        raise ValueError(f"{d / 'run.json'}: run did not finish (status {info.get('status')!r})")
+    config = dict(info.get("config", {}))
+    if "method" not in config and "strategy" in config:  # old runs
+        config["method"] = config["strategy"]
+    if "strategy" not in config and "method" in config:  # keeps `--by strategy` working on new runs
+        config["strategy"] = config["method"]
+    settings = info.get("method_settings") or {}
+    # A dotted key is a method setting: shown only where the run's method uses it.
+    for key in list(config):
+        if "." in key and key not in settings:
+            config[key] = NOT_USED
+    config.update(settings)
+    config["seed"] = info.get("seed", config.get("seed"))
+    return config
+
+
+def load_runs(dirs: Sequence[Path], last_k: int = 5) -> pd.DataFrame:
+    """One row per finished run.
+
+    Parameters
+    ----------
+    dirs
+        Run folders, each with ``run.json`` and ``metrics.csv``.
+    last_k
+        Number of final rounds averaged for the ``_last{k}`` statistic (all rounds if fewer).
+
+    Returns
+    -------
+    DataFrame
+        The run's config (dotted method settings the run does not use read ``"-"``), ``seed``,
+        ``run_dir``, ``rounds``, and per metrics column ``c``: ``c_last``, ``c_best``, ``c_last{k}``.
+    """
+    if last_k < 1:
+        raise ValueError(f"last_k must be >= 1, got {last_k}")
     rows = []
-    for d in dirs:
-        info = json.loads((d / "run.json").read_text())
-        if info.get("status") != "finished":
-            raise ValueError(f"{d / 'run.json'}: run did not finish (status {info.get('status')!r})")
-        metrics = pd.read_csv(d / "metrics.csv")
-        row = {**info["config"], "run_dir": str(d), "rounds": int(metrics["round"].max())}
-        for view in VIEWS:
-            row[f"{view}_last"] = float(metrics[view].iloc[-1])
-            row[f"{view}_best"] = float(metrics[view].max())
+    for d in map(Path, dirs):
+        row = {**_read_run(d), "run_dir": str(d)}
+        metrics = pd.read_csv(d / "metrics.csv").sort_values("round")
+        row["rounds"] = int(metrics["round"].max())
+        for col in metrics.columns.drop("round"):
+            values = pd.to_numeric(metrics[col], errors="coerce").dropna()
+            if values.empty:
+                continue
+            row[f"{col}_last"] = float(values.iloc[-1])
+            row[f"{col}_best"] = float(values.max())
+            row[f"{col}_last{last_k}"] = float(values.iloc[-last_k:].mean())
         rows.append(row)
-    return pd.DataFrame(rows)
+    runs = pd.DataFrame(rows)
+    dotted = [c for c in runs.columns if "." in c]
+    runs[dotted] = runs[dotted].astype(object).where(runs[dotted].notna(), NOT_USED)
+    return runs
 
 
-def summary_table(runs: pd.DataFrame, by: Sequence[str], views: Sequence[str] = VIEWS[:2]) -> pd.DataFrame:
-    """Mean and std over runs within each group, for last and best rounds."""
-    cols = [f"{v}_{w}" for v in views for w in ("last", "best")]
-    grouped = runs.groupby(list(by), sort=True)[cols]
-    table = grouped.mean().join(grouped.std(ddof=0).add_suffix("_std"))
-    table["runs"] = grouped.size()
+def method_key(by: Sequence[str]) -> str | None:
+    """The ``--by`` key naming the method (``method``, or ``strategy`` for old tables), if any."""
+    return next((k for k in by if k in METHOD_KEYS), None)
+
+
+def _sort_key(value: Any) -> tuple[int, float, str]:
+    if value == NOT_USED:
+        return (0, 0.0, "")
+    if isinstance(value, int | float | np.number) and not isinstance(value, bool):
+        return (1, float(value), "")
+    return (2, 0.0, str(value))
+
+
+def group_labels(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """The ``by`` columns of ``runs``, missing values as ``"-"``; raises KeyError for a key no run has."""
+    missing = [k for k in by if k not in runs.columns]
+    if missing:
+        known = sorted(c for c in runs.columns if not c.startswith(("generic_", "personal_")))
+        raise KeyError(f"no run has config key(s) {missing}; known keys: {known}")
+    labels = runs[list(by)].astype(object)
+    return labels.where(labels.notna(), NOT_USED)
+
+
+def _groups(runs: pd.DataFrame, by: Sequence[str]) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
+    labels = group_labels(runs, by)
+    keys = [tuple(r) for r in labels.itertuples(index=False)]
+    out: dict[tuple[Any, ...], list[int]] = {}
+    for pos, key in enumerate(keys):
+        out.setdefault(key, []).append(pos)
+    order = sorted(out, key=lambda key: tuple(_sort_key(v) for v in key))
+    return [(key, runs.iloc[out[key]]) for key in order]
+
+
+def _index(keys: list[tuple[Any, ...]], by: Sequence[str]) -> pd.Index:
+    if len(by) == 1:
+        return pd.Index([k[0] for k in keys], name=by[0], dtype=object)
+    return pd.MultiIndex.from_tuples(keys, names=list(by))
+
+
+def paired_differences(
+    runs: pd.DataFrame, by: Sequence[str], view: str, baseline: str = "fedavg", last_k: int = 5
+) -> pd.DataFrame:
+    """Per-seed differences of the last-k mean of ``view`` against the baseline method.
+
+    Each non-baseline group is paired with baseline runs of the same seed and the same values of
+    every ``by`` key other than the method key (``"-"``, a setting one side does not use, matches
+    anything). Runs sharing a group and seed are averaged first.
+
+    Parameters
+    ----------
+    runs
+        Output of :func:`load_runs`.
+    by
+        Grouping keys; must include ``method`` (or ``strategy``).
+    view
+        A metrics column, e.g. ``"personal_acc"``.
+    baseline
+        Method the others are compared with.
+    last_k
+        Which ``_last{k}`` statistic to compare.
+
+    Returns
+    -------
+    DataFrame
+        Indexed like :func:`summary_table` over the non-baseline groups, with columns ``diff``
+        (mean of the paired differences), ``diff_std`` (their std, ddof=0), ``wins`` (seeds where
+        the method is higher) and ``paired`` (number of paired seeds). Empty if there is no
+        baseline run.
+    """
+    mk = method_key(by)
+    if mk is None:
+        raise ValueError(f"--by {list(by)} names no method key (one of {METHOD_KEYS})")
+    col = f"{view}_last{last_k}"
+    others = [i for i, k in enumerate(by) if k != mk]
+    m = list(by).index(mk)
+    groups = _groups(runs, by)
+    base = [(key, g) for key, g in groups if key[m] == baseline]
+    rows: list[dict[str, Any]] = []
+    keys: list[tuple[Any, ...]] = []
+    if not base:
+        return pd.DataFrame(columns=["diff", "diff_std", "wins", "paired"], index=_index([], by))
+
+    def per_seed(g: pd.DataFrame) -> pd.Series:
+        g = g[g["seed"].notna()]
+        return g.groupby("seed")[col].mean()
+
+    for key, g in groups:
+        if key[m] == baseline:
+            continue
+        match = [
+            (bkey, bg) for bkey, bg in base if all(key[i] == bkey[i] or NOT_USED in (key[i], bkey[i]) for i in others)
+        ]
+        if len(match) > 1:
+            raise ValueError(
+                f"group {dict(zip(by, key, strict=True))} matches {len(match)} baseline groups "
+                f"{[dict(zip(by, b, strict=True)) for b, _ in match]}; give runs of one baseline setting"
+            )
+        mine = per_seed(g)
+        theirs = per_seed(match[0][1]) if match else pd.Series(dtype=float)
+        seeds = mine.index.intersection(theirs.index)
+        diff = (mine[seeds] - theirs[seeds]).to_numpy(dtype=float)
+        rows.append(
+            {
+                "diff": float(diff.mean()) if diff.size else math.nan,
+                "diff_std": float(diff.std(ddof=0)) if diff.size else math.nan,
+                "wins": int((diff > 0).sum()),
+                "paired": int(diff.size),
+            }
+        )
+        keys.append(key)
+    return pd.DataFrame(rows, index=_index(keys, by), columns=["diff", "diff_std", "wins", "paired"])
+
+
+def summary_table(
+    runs: pd.DataFrame,
+    by: Sequence[str],
+    views: Sequence[str] = VIEWS[:2],
+    last_k: int = 5,
+    baseline: str | None = None,
+) -> pd.DataFrame:
+    """Mean and std (ddof=0) over the runs of each group, per view and statistic.
+
+    Parameters
+    ----------
+    runs
+        Output of :func:`load_runs` (with the same ``last_k``).
+    by
+        Config keys forming the groups.
+    views
+        Metrics columns to report.
+    last_k
+        Rounds averaged for the ``_last{k}`` statistic.
+    baseline
+        If given and present among the runs, add the :func:`paired_differences` columns
+        ``{view}_diff``, ``{view}_diff_std``, ``{view}_wins``, ``{view}_paired`` (NaN for the baseline).
+
+    Returns
+    -------
+    DataFrame
+        Indexed by ``by``; columns ``{view}_{stat}`` and ``{view}_{stat}_std`` for stat in
+        ``last``, ``best``, ``last{k}``; ``runs`` (runs per group); then the paired columns.
+    """
+    cols = [f"{v}_{s}" for v in views for s in stats(last_k)]
+    absent = [c for c in cols if c not in runs.columns]
+    if absent:
+        raise KeyError(f"runs lack {absent}")
+    groups = _groups(runs, by)
+    rows = []
+    for _, g in groups:
+        values = g[cols].astype(float)
+        row = values.mean().to_dict() | values.std(ddof=0).add_suffix("_std").to_dict()
+        row["runs"] = len(g)
+        rows.append(row)
+    order = [c for v in views for s in stats(last_k) for c in (f"{v}_{s}", f"{v}_{s}_std")]
+    table = pd.DataFrame(rows, index=_index([k for k, _ in groups], by), columns=[*order, "runs"])
+    if baseline is not None and method_key(by) is not None:
+        for v in views:
+            diffs = paired_differences(runs, by, v, baseline, last_k)
+            if diffs.empty:
+                break
+            table = table.join(diffs.astype({"wins": "Int64", "paired": "Int64"}).add_prefix(f"{v}_"))
     return table
 
 
-def format_table(table: pd.DataFrame, views: Sequence[str] = VIEWS[:2]) -> str:
-    """Markdown table of ``mean +- std`` (in %)."""
+def _pct(mean: float, std: float, signed: bool = False) -> str:
+    if math.isnan(mean):
+        return ""
+    return f"{100 * mean:{'+' if signed else ''}.1f} ± {100 * std:.1f}"
+
+
+def format_table(table: pd.DataFrame, views: Sequence[str] = VIEWS[:2], baseline: str = "fedavg") -> str:
+    """Markdown table of ``mean ± std`` in %, with the statistic named in each column header.
+
+    Parameters
+    ----------
+    table
+        Output of :func:`summary_table`.
+    views
+        Views to show.
+    baseline
+        Name of the baseline, used in the headers of the paired columns (if the table has them).
+    """
     names = list(table.index.names)
-    header = names + [f"{v} ({w} round)" for v in views for w in ("last", "best")] + ["runs"]
+    suffixes = [c.removeprefix(f"{views[0]}_") for c in table.columns if c.startswith(f"{views[0]}_")]
+    shown = [s for s in suffixes if s in STAT_NAMES or re.fullmatch(r"last\d+", s)]
+    last_k = next((s for s in shown if s not in STAT_NAMES), "last")
+    paired = f"{views[0]}_diff" in table.columns
+    header = list(names)
+    for v in views:
+        header += [f"{v} ({stat_name(s)}) [%]" for s in shown]
+        if paired:
+            header += [f"{v} − {baseline} ({stat_name(last_k)}, paired by seed) [%]", f"{v} wins/seeds"]
+    header.append("runs")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, row in table.iterrows():
         key = key if isinstance(key, tuple) else (key,)
         cells = [str(k) for k in key]
         for v in views:
-            for w in ("last", "best"):
-                c = f"{v}_{w}"
-                cells.append(f"{100 * row[c]:.1f} ± {100 * row[c + '_std']:.1f}")
+            cells += [_pct(row[f"{v}_{s}"], row[f"{v}_{s}_std"]) for s in shown]
+            if paired:
+                n = row[f"{v}_paired"]
+                has = not pd.isna(n)
+                cells.append(_pct(row[f"{v}_diff"], row[f"{v}_diff_std"], signed=True) if has and n else "")
+                cells.append(f"{int(row[f'{v}_wins'])}/{int(n)}" if has else "")
         cells.append(str(int(row["runs"])))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot_curves(dirs: Sequence[Path], by: Sequence[str], path: Path, views: Sequence[str] = VIEWS[:2]) -> None:
-    """Per-round personal and generic ``views`` (two metrics.csv columns), mean over runs in each group."""
-    import matplotlib
+def seeds_note(table: pd.DataFrame) -> str:
+    """One line: ``mean ± std over N seeds`` (N per group where groups differ)."""
+    counts = sorted(set(table["runs"].astype(int)))
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    return f"mean ± std over {n} seeds (ddof=0; runs per group in column runs), in %"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    frames = []
-    for d in dirs:
-        cfg = json.loads((d / "run.json").read_text())["config"]
-        m = pd.read_csv(d / "metrics.csv")
-        m["group"] = " ".join(f"{k}={cfg[k]}" for k in by)
-        frames.append(m)
-    data = pd.concat(frames)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+def curve_label(key: tuple[Any, ...], by: Sequence[str]) -> str:
+    """Legend label of a group: the method's name, then ``key=value`` for the settings it uses."""
+    mk = method_key(by)
+    parts = [str(v) if k == mk else f"{k}={v}" for k, v in zip(by, key, strict=True) if v != NOT_USED]
+    return " ".join(parts)
+
+
+def plot_curves(
+    runs: pd.DataFrame,
+    by: Sequence[str],
+    views: Sequence[str] = ("generic_acc", "personal_acc"),
+    path: Path | None = None,
+    band: str = "std",
+) -> Figure:
+    """Per-round curves: mean over each group's runs, shaded ``band`` (``"std"`` or ``"minmax"``).
+
+    Parameters
+    ----------
+    runs
+        Output of :func:`load_runs` (its ``run_dir`` column locates each metrics.csv).
+    by
+        Config keys forming the groups, one line per group.
+    views
+        Metrics columns, one panel each.
+    path
+        If given, save the figure there as PNG.
+    band
+        ``"std"`` for mean ± std (ddof=0) over runs, ``"minmax"`` for the range.
+
+    Returns
+    -------
+    Figure
+    """
+    if band not in ("std", "minmax"):
+        raise ValueError(f"band must be 'std' or 'minmax', got {band!r}")
+    fig = Figure(figsize=(5.5 * len(views), 4))
+    axes = fig.subplots(1, len(views), sharey=True, squeeze=False)[0]
     for ax, view in zip(axes, views, strict=True):
-        for group, g in data.groupby("group"):
-            mean = g.groupby("round")[view].mean()
-            ax.plot(mean.index, mean.values, label=group)
+        for key, g in _groups(runs, by):
+            curves = pd.concat(
+                [pd.read_csv(Path(d) / "metrics.csv").set_index("round")[view] for d in g["run_dir"]], axis=1
+            ).sort_index()
+            mean = curves.mean(axis=1)
+            if band == "std":
+                sd = curves.std(axis=1, ddof=0)
+                lo, hi = mean - sd, mean + sd
+            else:
+                lo, hi = curves.min(axis=1), curves.max(axis=1)
+            (line,) = ax.plot(mean.index, mean.to_numpy(), label=curve_label(key, by))
+            ax.fill_between(mean.index, lo.to_numpy(), hi.to_numpy(), color=line.get_color(), alpha=0.2, lw=0)
         ax.set_title(view)
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("balanced accuracy" if views[0].endswith("bacc") else "accuracy")
-    axes[1].legend(fontsize=8)
+    axes[-1].legend(fontsize=8, title=f"mean {'± std' if band == 'std' else 'and min–max'} over seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Command line entry point ``fedetf-compare``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with run.json and metrics.csv)")
-    parser.add_argument("--by", nargs="+", default=["strategy", "dataset", "partition"], help="config keys to group")
-    parser.add_argument("--csv", type=Path, help="write the table as CSV")
-    parser.add_argument("--plot", type=Path, help="write per-round curves as PNG")
+    parser.add_argument(
+        "--by", nargs="+", default=["method"], help="config keys to group on (default: method); e.g. local-epochs"
+    )
     parser.add_argument(
         "--metric",
         choices=["acc", "bacc"],
         default="acc",
         help="accuracy or balanced accuracy (Fed-ISIC2019's headline)",
     )
+    parser.add_argument("--baseline", default="fedavg", help="method the others are paired with (default: fedavg)")
+    parser.add_argument("--last-k", type=int, default=5, help="rounds averaged at the end of each run (default: 5)")
+    parser.add_argument("--csv", type=Path, help="write the table as CSV")
+    parser.add_argument("--markdown", type=Path, help="write the table as Markdown")
+    parser.add_argument("--plot", type=Path, help="write per-round curves as PNG")
+    parser.add_argument("--band", choices=["std", "minmax"], default="std", help="shaded band of the curves")
     args = parser.parse_args(argv)
-    views = (f"personal_{args.metric}", f"generic_{args.metric}")
+    if args.last_k < 1:
+        parser.error("--last-k must be >= 1")
     dirs = [d for d in args.runs if (d / "run.json").exists()]
     if not dirs:
         parser.error("no run folder with run.json given")
-    table = summary_table(load_runs(dirs), args.by, views)
-    print(format_table(table, views))
+    runs = load_runs(dirs, args.last_k)
+    views = views_for(args.metric, runs, args.last_k)
+    if not views:
+        parser.error(f"no {args.metric} metrics column is present in all runs")
+    try:
+        table = summary_table(runs, args.by, views, args.last_k, args.baseline)
+    except KeyError as e:
+        parser.error(str(e.args[0]))
+    notes = [seeds_note(table)]
+    if (runs["rounds"] < args.last_k).any():
+        notes.append(f"note: some runs have fewer than {args.last_k} rounds; their last-k mean uses all rounds")
+    mk = method_key(args.by)
+    if mk is None:
+        notes.append(f"no paired differences: --by names no method key ({' or '.join(METHOD_KEYS)})")
+    elif f"{views[0]}_diff" not in table.columns:
+        notes.append(f"no paired differences: no {args.baseline!r} baseline run among the runs")
+    text = format_table(table, views, args.baseline)
+    print(text)
+    print("\n".join(notes))
+    if args.markdown:
+        args.markdown.write_text(text + "\n\n" + "\n".join(notes) + "\n")
     if args.csv:
         table.to_csv(args.csv)
     if args.plot:
-        plot_curves(dirs, args.by, args.plot, views)
+        plot_curves(
+            runs,
+            args.by,
+            [v for v in views if v in (f"generic_{args.metric}", f"personal_{args.metric}")],
+            args.plot,
+            args.band,
+        )
 
 
 if __name__ == "__main__":

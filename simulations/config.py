@@ -16,8 +16,10 @@ from typing import Any
 
 from data_prep.datasets import DATASETS
 from data_prep.partition import PARTITIONS
-from fedetf.methods import METHODS
+from fedetf.methods import LocalMethod, make_settings, setting_key, settings_fields
+from fedetf.methods.base import check_setting
 from fedetf.models import BACKBONES
+from strategies.registry import METHODS, StrategyError, resolve_method
 
 
 class ConfigError(ValueError):
@@ -26,17 +28,25 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The validated run config (attribute names are the keys in snake_case)."""
+    """The validated run config (attribute names are the keys in snake_case).
 
-    strategy: str = "fedgela"
-    strategy_args: str = "{}"
-    client_method: str = "auto"
+    Method settings (dotted keys such as ``fedprox.mu``) are declared by each
+    method (:func:`fedetf.methods.setting`) and kept in :attr:`method_options`.
+    """
+
+    method: str = "fedgela"
+    server: str = "auto"
+    server_args: str = "{}"
+    method_args: str = "{}"
     dataset: str = "digits"
     data_root: str = ""
     download: bool = False
+    normalize: bool = True
     partition: str = "pcdd"
+    pcdd_assignment: str = "flwr"
     classes_per_client: int = 3
     dirichlet_beta: float = 0.5
+    generic_test: str = "full"
     num_clients: int = 10
     fraction_train: float = 1.0
     num_server_rounds: int = 20
@@ -51,16 +61,30 @@ class RunConfig:
     pretrained_weights: str = ""
     loss: str = "auto"
     feature_dim: int = 128
-    temperature: float = 0.2
-    adaptation: str = "proportion"
-    prox_mu: float = 0.01
-    fedlc_tau: float = 1.0
-    fedrs_alpha: float = 0.5
     aggregation_weight: str = "examples"
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
     output_dir: str = ""
+    #: Dotted method settings as given (``(("fedprox.mu", 0.1), ...)``), validated against their declarations.
+    method_options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def method_class(self) -> type[LocalMethod]:
+        return resolve_method(self.method)
+
+    @property
+    def method_settings(self) -> Any:
+        """The active method's ``Settings``: its dotted keys, then ``method-args`` on top."""
+        cls = self.method_class
+        values = dict(self.method_options)
+        values.update({f"{cls.name}.{k}": v for k, v in json.loads(self.method_args).items()})
+        return make_settings(cls, values)
+
+    def method_settings_dict(self) -> dict[str, Any]:
+        """The active method's settings as run-config keys (for run.json and labels)."""
+        cls, settings = self.method_class, self.method_settings
+        return {setting_key(cls.name, f): getattr(settings, f.name) for f in settings_fields(cls)}
 
     @property
     def model_name(self) -> str:
@@ -89,12 +113,13 @@ class RunConfig:
         return (("data-root", self.data_root), ("download", self.download))
 
     @property
-    def strategy_kwargs(self) -> dict[str, Any]:
-        return json.loads(self.strategy_args)
+    def server_kwargs(self) -> dict[str, Any]:
+        return json.loads(self.server_args)
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as run-config keys (kebab-case)."""
-        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+        """The config as run-config keys (kebab-case general keys, then every dotted method key)."""
+        out = {k.replace("_", "-"): v for k, v in asdict(self).items() if k != "method_options"}
+        return {**out, **builtin_method_defaults(), **dict(self.method_options)}
 
 
 def _key(name: str) -> str:
@@ -129,10 +154,6 @@ def _json_object(v: Any) -> str | None:
     return None if ok else "a JSON object string, e.g. '{\"eta\": 0.01}'"
 
 
-def _in_unit_interval(v: Any) -> str | None:
-    return None if 0 <= v <= 1 else "a number in [0, 1]"
-
-
 def _absolute_or_empty(what: str) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         return None if v == "" or Path(v).is_absolute() else f"an absolute path, or '' for {what}"
@@ -149,12 +170,13 @@ def _existing_file_or_empty(v: Any) -> str | None:
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "dataset": _one_of(lambda: sorted(DATASETS)),
     "partition": _one_of(lambda: sorted(PARTITIONS)),
-    "client_method": _one_of(lambda: ["auto", *sorted(METHODS)]),
     "model": _one_of(lambda: ["auto", *sorted(BACKBONES)]),
-    "adaptation": _one_of(lambda: ["none", "proportion"]),
+    "pcdd_assignment": _one_of(lambda: ["flwr", "sequential"]),
+    "generic_test": _one_of(lambda: ["balanced", "full"]),
     "aggregation_weight": _one_of(lambda: ["batches", "examples"]),
     "device": _one_of(lambda: ["auto", "cpu", "cuda"]),
-    "strategy_args": _json_object,
+    "server_args": _json_object,
+    "method_args": _json_object,
     "output_dir": _absolute_or_empty("a fresh runs/<time>-<strategy>-<dataset>"),
     "data_root": _absolute_or_empty("$FEDETF_DATA_ROOT or ~/.cache/fedetf/data"),
     "pretrained_weights": _existing_file_or_empty,
@@ -171,10 +193,6 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "weight_decay": _at_least(0),
     "clip_grad_norm": _at_least(0, strict=True),
     "feature_dim": _at_least(1),
-    "temperature": _at_least(0, strict=True),
-    "prox_mu": _at_least(0),
-    "fedlc_tau": _at_least(0),
-    "fedrs_alpha": _in_unit_interval,
     "seed": _at_least(0),
 }
 
@@ -199,22 +217,46 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     raise _fail(name, value, "a string")
 
 
+def builtin_method_defaults() -> dict[str, Any]:
+    """Every built-in method's dotted settings with their defaults (pyproject.toml lists them all)."""
+    out: dict[str, Any] = {}
+    for name in METHODS:
+        cls = resolve_method(name)
+        out.update({setting_key(cls.name, f): f.default for f in settings_fields(cls)})
+    return out
+
+
+def _method_fields() -> dict[str, Any]:
+    return {setting_key(cls.name, f): f for cls in map(resolve_method, METHODS) for f in settings_fields(cls)}
+
+
 def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
-    """Validate a flat run config (kebab-case keys) into a :class:`RunConfig`."""
+    """Validate a flat run config (kebab-case and dotted keys) into a :class:`RunConfig`."""
     defaults = RunConfig()
-    known = {_key(f.name): f.name for f in fields(RunConfig)}
-    unknown = sorted(set(raw) - set(known))
+    known = {_key(f.name): f.name for f in fields(RunConfig) if f.name != "method_options"}
+    method_fields = _method_fields()
+    unknown = sorted(k for k in raw if k not in known and k not in method_fields)
     if unknown:
-        raise ConfigError(f"invalid run config: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        raise ConfigError(
+            f"invalid run config: unknown key(s) {unknown}; allowed: {sorted(known)} and the method settings "
+            f"{sorted(method_fields)}"
+        )
     values: dict[str, Any] = {}
+    options: dict[str, Any] = {}
     for key, value in raw.items():
+        if key in method_fields:
+            try:
+                options[key] = check_setting(method_fields[key], value)
+            except ValueError as exc:
+                raise ConfigError(f"invalid run config: {key}={value!r}; allowed: {exc}") from None
+            continue
         name = known[key]
         v = _coerce(name, value, getattr(defaults, name))
         check = CHECKS.get(name)
         if check and (allowed := check(v)):
             raise _fail(name, v, allowed)
         values[name] = v
-    cfg = RunConfig(**values)
+    cfg = RunConfig(**values, method_options=tuple(sorted(options.items())))
     _check_combinations(cfg)
     return cfg
 
@@ -234,11 +276,26 @@ def _check_combinations(cfg: RunConfig) -> None:
         raise _fail(
             "model", cfg.model, f"'cnn' or 'resnet18' for the {info.in_channels}-channel dataset={cfg.dataset!r}"
         )
+    if cfg.model_name == "simple-cnn" and info.image_size not in (28, 32):
+        raise _fail(
+            "model",
+            cfg.model,
+            f"not 'simple-cnn' (28x28 or 32x32 only) for the {info.image_size}x{info.image_size} "
+            f"dataset={cfg.dataset!r}; use 'cnn'",
+        )
     if cfg.pretrained_weights and cfg.model_name != "efficientnet_b0":
         raise _fail("pretrained_weights", cfg.pretrained_weights, "'' unless model='efficientnet_b0'")
     if not cfg.natural and cfg.partition == "pcdd" and cfg.classes_per_client > k:
         raise _fail("classes_per_client", cfg.classes_per_client, f"an integer in [1, {k}] for dataset={cfg.dataset!r}")
     if cfg.feature_dim < k - 1:
         raise _fail("feature_dim", cfg.feature_dim, f"an integer >= num_classes - 1 = {k - 1} (simplex ETF)")
-    if cfg.strategy.strip() == "":
-        raise _fail("strategy", cfg.strategy, "a built-in name or 'package.module:ClassName'")
+    try:
+        cls = cfg.method_class
+        cfg.method_settings  # noqa: B018 - validates method-args against the declaration
+    except StrategyError as exc:
+        raise ConfigError(str(exc)) from None
+    except ValueError as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
+    declared = [f.name.replace("_", "-") for f in settings_fields(cls)]
+    if extra := sorted(set(json.loads(cfg.method_args)) - set(declared)):
+        raise _fail("method_args", cfg.method_args, f"a JSON object of {cls.name!r}'s settings {declared}, not {extra}")

@@ -16,6 +16,7 @@ from typing import Any
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+from flwr.common.config import flatten_dict
 from flwr.serverapp import Grid, ServerApp
 
 from simulations import client_app, server_app
@@ -24,9 +25,9 @@ PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
 def default_run_config() -> dict[str, Any]:
-    """``[tool.flwr.app.config]`` from the project's pyproject.toml."""
+    """``[tool.flwr.app.config]`` from the project's pyproject.toml, nested tables flattened to dotted keys."""
     with PYPROJECT.open("rb") as f:
-        return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
+        return dict(flatten_dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"]))
 
 
 class SimulationFailed(RuntimeError):

@@ -21,8 +21,12 @@ METRIC_COLUMNS = [
     "generic_loss",
     "personal_acc",
     "personal_bacc",
+    "personal_acc_before",
+    "personal_bacc_before",
+    "personal_acc_client_mean",
     "train_loss",
     "num_clients",
+    "failed_clients",
     "train_examples",
     "test_examples",
     "round_seconds",
@@ -32,6 +36,8 @@ CLIENT_COLUMNS = [
     "partition_id",
     "personal_acc",
     "personal_bacc",
+    "personal_acc_before",
+    "personal_bacc_before",
     "train_loss",
     "train_examples",
     "test_examples",
@@ -60,7 +66,7 @@ def project_dir() -> Path:
     return Path.cwd()
 
 
-def fresh_output_dir(output_dir: str, strategy: str, dataset: str) -> Path:
+def fresh_output_dir(output_dir: str, method: str, dataset: str) -> Path:
     """Create the run's output folder; never reuse one that holds results."""
     if output_dir:
         out = Path(output_dir)
@@ -72,7 +78,7 @@ def fresh_output_dir(output_dir: str, strategy: str, dataset: str) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         return out
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    safe = strategy.replace(":", "-").replace("/", "-").replace(".", "-")
+    safe = method.replace(":", "-").replace("/", "-").replace(".", "-")
     base = project_dir() / "runs" / f"{stamp}-{safe}-{dataset}"
     for i in range(1000):
         out = base if i == 0 else base.with_name(f"{base.name}-{i}")
@@ -148,9 +154,9 @@ def summarize(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Last-round and best-round values of the personal and generic views."""
     out: dict[str, dict[str, float]] = {}
     last = metrics.iloc[-1]
-    for view in ("generic", "personal"):
+    for view in ("generic", "personal", "personal_before"):
         for m in ("acc", "bacc"):
-            col = f"{view}_{m}"
+            col = f"{view}_{m}" if view != "personal_before" else f"personal_{m}_before"
             best = int(metrics[col].idxmax())
             out[col] = {
                 "last": float(last[col]),

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections import OrderedDict
 
 import numpy as np
 import torch
 
 from data_prep.federated import Federation, load_federation
 from fedetf.losses import inverse_frequency_weights
-from fedetf.methods import LocalMethod, ModelSpec, get_method
+from fedetf.methods import LocalMethod, ModelSpec
+from fedetf.models import FedModel
+from fedetf.train import initial_state
 from simulations.config import RunConfig
-from strategies.registry import client_method_for, resolve_strategy
 
 
 def federation(cfg: RunConfig) -> Federation:
@@ -24,46 +25,61 @@ def federation(cfg: RunConfig) -> Federation:
         cfg.classes_per_client,
         cfg.dirichlet_beta,
         cfg.data_options,
+        pcdd_assignment=cfg.pcdd_assignment,
+        normalize=cfg.normalize,
+        generic_test=cfg.generic_test,
     )
 
 
-def method_name(cfg: RunConfig) -> str:
-    """The client-side method paired with the run's strategy (resolved on the server)."""
-    return client_method_for(resolve_strategy(cfg.strategy), cfg.client_method)
-
-
-@lru_cache(maxsize=8)
-def local_method(cfg: RunConfig, name: str) -> LocalMethod:
-    """Build the client-side method ``name`` for this run's dataset and model."""
+def model_spec(cfg: RunConfig) -> ModelSpec:
+    """The data- and model-facts every process builds the run's model from."""
     fed = federation(cfg)
     info = fed.info
-    weights = ()
+    weights: tuple[float, ...] = ()
     if cfg.loss_name == "focal":
         weights = tuple(inverse_frequency_weights(torch.from_numpy(fed.pooled_train_counts())).tolist())
-    spec = ModelSpec(
+    return ModelSpec(
         backbone=cfg.model_name,
         in_channels=info.in_channels,
         num_classes=info.num_classes,
         feature_dim=cfg.feature_dim,
         seed=cfg.seed,
-        temperature=cfg.temperature,
-        adaptation=cfg.adaptation,
+        image_size=info.image_size,
         loss=cfg.loss_name,
         class_weights=weights,
         weights_path=cfg.pretrained_weights,
         input_norm=(info.mean, info.std) if info.uint8_batches else None,
-        prox_mu=cfg.prox_mu,
-        fedlc_tau=cfg.fedlc_tau,
-        fedrs_alpha=cfg.fedrs_alpha,
     )
-    return get_method(name, spec)
+
+
+def make_method(cfg: RunConfig) -> LocalMethod:
+    """A fresh client-side method for this run (built per call: it keeps nothing between rounds)."""
+    return cfg.method_class(model_spec(cfg), cfg.method_settings)
+
+
+_MODELS: OrderedDict[tuple, tuple[FedModel, dict[str, torch.Tensor]]] = OrderedDict()
+
+
+def model_buffer(method: LocalMethod) -> tuple[FedModel, dict[str, torch.Tensor]]:
+    """A model to train in, reused by every client of this process, and its seeded initial state.
+
+    Not client state: every call reloads all weights (shared from the server,
+    personal from the client's ``context.state``, fixed from the initial state).
+    """
+    key = method.cache_key()
+    if key not in _MODELS:
+        model = method.build_model()
+        _MODELS[key] = (model, initial_state(model))
+        while len(_MODELS) > 4:
+            _MODELS.popitem(last=False)
+    return _MODELS[key]
 
 
 def device(cfg: RunConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' but torch sees no GPU; use device='auto' or 'cpu'")
+        raise RuntimeError("invalid run config: device='cuda' but torch sees no GPU; allowed: 'auto' or 'cpu'")
     return torch.device(cfg.device)
 
 

@@ -1,16 +1,17 @@
-"""Server-side strategies (Flower message-based) and the strategy registry."""
+"""Server sides of methods (Flower message-based strategies) and the method/strategy registry."""
 
-from strategies.baselines import FedLC, FedProx, FedRS
+from strategies.base import MethodStrategy
 from strategies.fedgela import FedGELA
-from strategies.registry import BUILTIN_STRATEGIES, build_strategy, client_method_for, resolve_strategy
+from strategies.registry import METHODS, build_strategy, resolve_method, resolve_server, server_class
+from strategies.scaffold import Scaffold
 
 __all__ = [
-    "BUILTIN_STRATEGIES",
+    "METHODS",
     "FedGELA",
-    "FedLC",
-    "FedProx",
-    "FedRS",
+    "MethodStrategy",
+    "Scaffold",
     "build_strategy",
-    "client_method_for",
-    "resolve_strategy",
+    "resolve_method",
+    "resolve_server",
+    "server_class",
 ]

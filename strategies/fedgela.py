@@ -1,71 +1,63 @@
-"""FedGELA's server side: FedAvg over everything except the fixed ETF."""
+"""FedGELA's server side: FedAvg of everything clients send (the ETF never leaves a client), plus the
+optional nearest-ETF rotation (variant 5 of shared/spec/etf-variants.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+import torch
+from flwr.app import Array, ArrayRecord
 from flwr.common import log
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+
+from fedetf.etf import nearest_etf
+from strategies.base import Extras, MethodStrategy
 
 
-class FedGELA(FedAvg):
+class FedGELA(MethodStrategy):
     """FedGELA (Fan et al., NeurIPS 2023), server side.
 
-    Averages the backbone and feature head (BatchNorm statistics included),
-    weighted by ``weighted_by_key``. The fixed keys (the simplex ETF) are never
-    averaged: they are removed from every reply, checked to be unchanged, and
-    the global values are put back, so the ETF is bitwise identical all run.
+    Clients never send the fixed ETF, so aggregation is FedAvg's (BatchNorm
+    statistics included), and any Flower server optimiser composes with it.
+    With ``initial_etf`` given, clients send per-class feature sums and counts
+    (``fedgela.class_stats``); from round ``warmup`` on, the server rotates the
+    ETF to the one nearest the pooled class means and broadcasts it as
+    ``fedgela.etf``.
 
     Parameters
     ----------
-    fixed_keys : tuple[str, ...] (default: ("classifier.etf",))
-        State-dict keys that stay fixed for the whole run.
+    initial_etf : np.ndarray or None (default: None)
+        The run's seeded ETF (d x K); None disables the rotation.
+    delta : float (default: 0.1)
+        Weight of the previous ETF in the rotation target.
+    warmup : int (default: 1)
+        First round after which the ETF is rotated.
     **kwargs
         Passed on to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
-    client_method = "fedgela"
-
-    def __init__(self, *, fixed_keys: tuple[str, ...] = ("classifier.etf",), **kwargs: Any) -> None:
+    def __init__(
+        self, *, initial_etf: np.ndarray | None = None, delta: float = 0.1, warmup: int = 1, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.fixed_keys = tuple(fixed_keys)
-        self._fixed: dict[str, np.ndarray] = {}
-        self._order: list[str] = []
+        self.etf = None if initial_etf is None else np.asarray(initial_etf, dtype=np.float32)
+        self.delta, self.warmup = float(delta), int(warmup)
 
     def summary(self) -> None:
-        log(INFO, "\t├──> FedGELA: fixed (never averaged) keys: %s", list(self.fixed_keys))
+        rotation = "off" if self.etf is None else f"nearest ETF from round {self.warmup} (delta {self.delta})"
+        log(INFO, "\t├──> FedGELA: the ETF stays on the clients; rotation %s", rotation)
         super().summary()
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        if not self._fixed:
-            missing = [k for k in self.fixed_keys if k not in arrays]
-            if missing:
-                raise KeyError(f"FedGELA: fixed keys {missing} not in the global arrays")
-            self._fixed = {k: arrays[k].numpy().copy() for k in self.fixed_keys}
-            self._order = list(arrays.keys())
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        for msg in replies:
-            if msg.has_error():
-                continue
-            record = msg.content[self.arrayrecord_key]
-            for key, value in self._fixed.items():
-                if not np.array_equal(record[key].numpy(), value):
-                    raise ValueError(f"FedGELA: node {msg.metadata.src_node_id} changed the fixed array {key!r}")
-                del record[key]
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        if arrays is not None:
-            fixed = {k: Array(v) for k, v in self._fixed.items()}
-            arrays = ArrayRecord({k: fixed[k] if k in fixed else arrays[k] for k in self._order})
-        return arrays, metrics
+    def aggregate_extras(self, server_round: int, extras: list[Extras], weights: list[float]) -> None:
+        if self.etf is None or server_round < self.warmup:
+            return
+        stats = [e["fedgela.class_stats"] for e in extras]
+        sums = np.sum([s["sums"].numpy() for s in stats], axis=0)  # K x d
+        counts = np.sum([s["counts"].numpy() for s in stats], axis=0)
+        prev = torch.from_numpy(self.etf)
+        means = torch.from_numpy(sums / np.maximum(counts, 1)[:, None]).T  # d x K
+        # A class nobody holds this round keeps its current vertex as its "mean".
+        means[:, torch.from_numpy(counts == 0)] = prev[:, torch.from_numpy(counts == 0)].to(means)
+        self.etf = nearest_etf(means, prev, self.delta).numpy()
+        self.broadcast["fedgela.etf"] = ArrayRecord({"etf": Array(self.etf)})

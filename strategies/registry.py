@@ -1,13 +1,13 @@
-"""Find strategies by name or import path, and build them from a run config.
+"""Find methods and server strategies by name or import path, and build a run's strategy.
 
-``strategy`` in the run config is either a built-in name (``fedavg``,
-``fedgela``, the baselines ``fedprox``, ``fedlc``, ``fedrs``, or any
-server-only Flower strategy such as ``fedadam``,
-``fedyogi``, ``fedmedian``, ``fedavgm``) or a user's class given as
-``"package.module:ClassName"``; the module must be importable where the
-ServerApp runs (installed, or inside the app directory). A strategy class
-may name its client-side method with a ``client_method`` attribute
-(``"fedgela"``); otherwise clients run FedAvg's local training.
+``method`` in the run config is a built-in name (:data:`METHODS`) or a user's
+client class ``"package.module:ClassName"`` (a :class:`fedetf.methods.LocalMethod`
+subclass). The method names its server side (its ``server`` attribute). The
+``server`` run-config key may replace it by any Flower strategy
+(:data:`FLOWER_STRATEGIES`) or a user's ``"package.module:ClassName"``; a
+method's own server strategy (e.g. SCAFFOLD's control variates) is then
+rebased on that class, so its extras compose with any server optimiser.
+Modules must be importable where the apps run (installed, or inside the app).
 """
 
 from __future__ import annotations
@@ -19,70 +19,126 @@ from typing import Any
 from flwr.serverapp import strategy as flwr_strategies
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from strategies.baselines import FedLC, FedProx, FedRS
-from strategies.fedgela import FedGELA
+from fedetf.methods.base import LocalMethod
+from strategies.base import MethodStrategy
 
-# Flower strategies that need no client-side counterpart beyond FedAvg's loop.
-_FLOWER_SERVER_ONLY = (
-    "FedAvg",
-    "FedAvgM",
-    "FedAdam",
-    "FedYogi",
-    "FedAdagrad",
-    "FedMedian",
-    "FedTrimmedAvg",
-    "Krum",
-    "MultiKrum",
-    "Bulyan",
-    "QFedAvg",
-)
+#: Built-in methods: one line each, name -> client class; the class names its server side.
+METHODS: dict[str, str] = {
+    "fedavg": "fedetf.methods.fedavg:FedAvg",
+    "fedgela": "fedetf.methods.fedgela:FedGELA",
+    "fedprox": "fedetf.methods.fedprox:FedProx",
+    "fedlc": "fedetf.methods.logit_adjust:FedLC",
+    "fedrs": "fedetf.methods.logit_adjust:FedRS",
+    "scaffold": "fedetf.methods.scaffold:Scaffold",
+    "moon": "fedetf.methods.moon:Moon",
+    "fedbabu": "fedetf.methods.personal_heads:FedBABU",
+    "fedper": "fedetf.methods.personal_heads:FedPer",
+    "fedrep": "fedetf.methods.personal_heads:FedRep",
+    "fedrod": "fedetf.methods.fedrod:FedRoD",
+    "fedetf": "fedetf.methods.fedetf:FedETF",
+}
 
-BUILTIN_STRATEGIES: dict[str, type[Strategy]] = {
-    **{name.lower(): getattr(flwr_strategies, name) for name in _FLOWER_SERVER_ONLY},
-    "fedgela": FedGELA,
-    "fedprox": FedProx,
-    "fedlc": FedLC,
-    "fedrs": FedRS,
+#: Flower's message-based strategies usable as the server side, by lower-case name.
+FLOWER_STRATEGIES: dict[str, type[Strategy]] = {
+    name.lower(): getattr(flwr_strategies, name)
+    for name in (
+        "FedAvg",
+        "FedProx",
+        "FedAvgM",
+        "FedAdam",
+        "FedYogi",
+        "FedAdagrad",
+        "FedMedian",
+        "FedTrimmedAvg",
+        "Krum",
+        "MultiKrum",
+        "Bulyan",
+        "QFedAvg",
+    )
 }
 
 
 class StrategyError(ValueError):
-    """The ``strategy`` setting cannot be resolved; the message is one line."""
+    """The ``method`` or ``server`` setting cannot be resolved; the message is one line."""
 
 
-def resolve_strategy(name: str) -> type[Strategy]:
-    """Return the strategy class for a built-in name or ``module:Class`` path."""
-    if ":" not in name:
-        if name.lower() in BUILTIN_STRATEGIES:
-            return BUILTIN_STRATEGIES[name.lower()]
-        raise StrategyError(
-            f"invalid run config: strategy={name!r}; allowed: one of {sorted(BUILTIN_STRATEGIES)} "
-            "or 'package.module:ClassName'"
-        )
-    module_name, _, attr = name.partition(":")
+def _import(path: str, key: str, base: type, what: str) -> type:
+    module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise StrategyError(f"invalid run config: strategy={name!r}: cannot import {module_name!r} ({exc})") from exc
+        raise StrategyError(f"invalid run config: {key}={path!r}: cannot import {module_name!r} ({exc})") from None
     cls = getattr(module, attr, None)
-    if not (inspect.isclass(cls) and issubclass(cls, Strategy)):
-        raise StrategyError(
-            f"invalid run config: strategy={name!r}: {attr!r} in {module_name!r} is not a flwr Strategy subclass"
-        )
+    if not (inspect.isclass(cls) and issubclass(cls, base)):
+        raise StrategyError(f"invalid run config: {key}={path!r}: {attr!r} in {module_name!r} is not {what}")
     return cls
 
 
-def client_method_for(cls: type[Strategy], override: str = "auto") -> str:
-    """The client-side method paired with a strategy class."""
-    return override if override != "auto" else getattr(cls, "client_method", "fedavg")
+def resolve_method(name: str) -> type[LocalMethod]:
+    """The client class of a built-in method name or a ``module:Class`` path."""
+    if ":" not in name:
+        if name not in METHODS:
+            raise StrategyError(
+                f"invalid run config: method={name!r}; allowed: one of {sorted(METHODS)} or 'package.module:ClassName'"
+            )
+        name = METHODS[name]
+    return _import(name, "method", LocalMethod, "a fedetf.methods.LocalMethod subclass")
+
+
+def resolve_server(name: str, key: str = "server") -> type[Strategy]:
+    """A Flower strategy by lower-case name, or a user's strategy class by ``module:Class`` path."""
+    if ":" not in name:
+        if name.lower() not in FLOWER_STRATEGIES:
+            raise StrategyError(
+                f"invalid run config: {key}={name!r}; allowed: 'auto', one of {sorted(FLOWER_STRATEGIES)} "
+                "or 'package.module:ClassName'"
+            )
+        return FLOWER_STRATEGIES[name.lower()]
+    return _import(name, key, Strategy, "a flwr Strategy subclass")
+
+
+def server_class(method: type[LocalMethod], override: str = "auto") -> type[Strategy]:
+    """The method's server strategy, or ``override``; a method strategy is rebased on ``override``."""
+    own = resolve_server(method.server, key=f"{method.name}.server")
+    if override == "auto":
+        return own
+    chosen = resolve_server(override)
+    if not issubclass(own, MethodStrategy) or issubclass(chosen, own):
+        return chosen
+    if not issubclass(chosen, FedAvg):
+        raise StrategyError(
+            f"invalid run config: server={override!r} cannot carry method {method.name!r}'s extra records; "
+            "allowed: 'auto' or a FedAvg-based strategy"
+        )
+    return type(f"{own.__name__}+{chosen.__name__}", (own, chosen), {"__module__": own.__module__})
+
+
+def accepted_kwargs(cls: type) -> set[str] | None:
+    """Keyword arguments ``cls`` takes along its MRO; None if a class takes anything."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        names |= {n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return names  # the chain of **kwargs ends here
+    return None
 
 
 def build_strategy(
-    cls: type[Strategy], *, num_clients: int, fraction_train: float, weighted_by_key: str, extra: dict[str, Any]
+    cls: type[Strategy],
+    *,
+    num_clients: int,
+    fraction_train: float,
+    weighted_by_key: str,
+    extra: dict[str, Any],
+    method_kwargs: dict[str, Any] | None = None,
 ) -> Strategy:
-    """Instantiate ``cls`` with the sampling settings it accepts, plus ``extra``."""
-    params = inspect.signature(cls.__init__).parameters
-    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    """Instantiate ``cls`` with the sampling settings and method arguments it accepts, plus ``extra``
+    (``server-args``, which must all be accepted)."""
+    ok = accepted_kwargs(cls)
     base: dict[str, Any] = {
         "fraction_train": fraction_train,
         "fraction_evaluate": 0.0,  # personal accuracy comes with the train replies
@@ -90,15 +146,25 @@ def build_strategy(
         "min_evaluate_nodes": 0,
         "min_available_nodes": num_clients,
         "weighted_by_key": weighted_by_key,
+        **(method_kwargs or {}),
     }
-    kwargs = {k: v for k, v in base.items() if takes_kwargs or k in params}
-    unknown = [k for k in extra if not (takes_kwargs or k in params)]
+    kwargs = {k: v for k, v in base.items() if ok is None or k in ok}
+    unknown = [k for k in extra if ok is not None and k not in ok]
     if unknown:
-        raise StrategyError(f"invalid run config: strategy-args has {unknown}, which {cls.__name__} does not accept")
+        raise StrategyError(f"invalid run config: server-args has {unknown}, which {cls.__name__} does not accept")
     try:
         return cls(**{**kwargs, **extra})
     except TypeError as exc:
-        raise StrategyError(f"invalid run config: cannot build {cls.__name__} from strategy-args ({exc})") from exc
+        raise StrategyError(f"invalid run config: cannot build {cls.__name__} from server-args ({exc})") from None
 
 
-__all__ = ["BUILTIN_STRATEGIES", "FedAvg", "StrategyError", "build_strategy", "client_method_for", "resolve_strategy"]
+__all__ = [
+    "FLOWER_STRATEGIES",
+    "METHODS",
+    "StrategyError",
+    "accepted_kwargs",
+    "build_strategy",
+    "resolve_method",
+    "resolve_server",
+    "server_class",
+]

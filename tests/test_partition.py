@@ -1,8 +1,18 @@
+import re
+
 import numpy as np
 import pytest
+from flwr_datasets.partitioner import PathologicalPartitioner
 
-from data_prep.federated import balanced_subset, load_federation
-from data_prep.partition import dirichlet, iid, partition_indices, pcdd
+from data_prep.federated import balanced_subset, load_dataset, load_federation
+from data_prep.partition import (
+    _run_partitioner,
+    dirichlet,
+    iid,
+    partition_indices,
+    pcdd,
+    sequential_assignment,
+)
 
 
 def _labels(n_per_class: int, k: int = 10, seed: int = 0) -> np.ndarray:
@@ -83,3 +93,108 @@ def test_balanced_subset() -> None:
     y = np.array([0] * 10 + [1] * 3 + [2] * 5)
     idx = balanced_subset(y, seed=0)
     assert np.bincount(y[idx]).tolist() == [3, 3, 3]
+
+
+def _same(a: list[tuple[np.ndarray, np.ndarray]], b: list[tuple[np.ndarray, np.ndarray]]) -> bool:
+    return all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
+
+
+def test_sequential_assignment_follows_the_authors_order() -> None:
+    held = sequential_assignment(np.arange(10), 10, 3, np.random.default_rng(0))
+    assert held[:3] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert held[3][0] == 9
+    assert all(len(set(h)) == 3 for h in held)
+    assert set().union(*held) == set(range(10))
+
+
+def test_pcdd_sequential_split() -> None:
+    ytr, yte = _labels(100), _labels(30, seed=1)
+    parts = pcdd(ytr, yte, num_clients=10, seed=3, classes_per_client=3, assignment="sequential")
+    _check_cover([p[0] for p in parts], len(ytr))
+    _check_cover([p[1] for p in parts], len(yte))
+    held = [set(np.unique(ytr[tr]).tolist()) for tr, _ in parts]
+    expected = sequential_assignment(np.arange(10), 10, 3, np.random.default_rng(3))
+    assert held == [set(h) for h in expected]
+    assert held[:3] == [{0, 1, 2}, {3, 4, 5}, {6, 7, 8}] and 9 in held[3]
+    assert all(len(h) == 3 for h in held)
+    for tr, te in parts:
+        assert set(np.unique(yte[te]).tolist()) == set(np.unique(ytr[tr]).tolist())
+    for c in range(10):
+        holders = [cid for cid, h in enumerate(held) if c in h]
+        assert holders
+        for y, split in ((ytr, 0), (yte, 1)):
+            chunks = [parts[cid][split][y[parts[cid][split]] == c] for cid in holders]
+            sizes = [len(ch) for ch in chunks]
+            assert max(sizes) - min(sizes) <= 1
+            together = np.concatenate(chunks)
+            assert len(np.unique(together)) == len(together)  # disjoint
+            assert np.array_equal(np.sort(together), np.flatnonzero(y == c))  # covers class c
+
+
+def test_pcdd_sequential_is_a_pure_function_of_seed() -> None:
+    ytr, yte = _labels(100), _labels(30, seed=1)
+    a = partition_indices("pcdd", ytr, yte, 10, seed=5, classes_per_client=3, assignment="sequential")
+    b = partition_indices("pcdd", ytr, yte, 10, seed=5, classes_per_client=3, assignment="sequential")
+    c = partition_indices("pcdd", ytr, yte, 10, seed=6, classes_per_client=3, assignment="sequential")
+    assert _same(a, b)
+    assert not _same(a, c)
+
+
+def test_pcdd_flwr_is_pathological_partitioner_on_train() -> None:
+    ytr, yte = _labels(40), _labels(9, seed=1)
+    parts = pcdd(ytr, yte, num_clients=12, seed=4, classes_per_client=3)
+    ref = PathologicalPartitioner(
+        num_partitions=12,
+        partition_by="label",
+        num_classes_per_partition=3,
+        class_assignment_mode="first-deterministic",
+        shuffle=True,
+        seed=4,
+    )
+    for (tr, _), expect in zip(parts, _run_partitioner(ref, ytr), strict=True):
+        assert np.array_equal(tr, expect)
+
+
+def test_unknown_pcdd_assignment() -> None:
+    msg = "pcdd-assignment='x' is unknown; allowed: ['flwr', 'sequential']"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        partition_indices("pcdd", _labels(5), _labels(2), 2, seed=0, assignment="x")
+
+
+def test_iid_too_many_clients_is_one_line_value_error() -> None:
+    data = load_dataset("digits", 0)
+    assert (len(data.y_train), len(data.y_test)) == (1347, 450)
+    msg = (
+        "num-clients=2000: partition 'iid' leaves client 1347 with no train samples "
+        "(the train split has 1347 samples); lower num-clients"
+    )
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        partition_indices("iid", data.y_train, data.y_test, 2000, seed=0)
+
+
+def test_iid_more_clients_than_test_samples_leaves_empty_test_splits() -> None:
+    data = load_dataset("digits", 0)
+    parts = partition_indices("iid", data.y_train, data.y_test, 1000, seed=0)  # used to raise IndexError
+    assert min(len(tr) for tr, _ in parts) == 1
+    assert sum(len(te) == 0 for _, te in parts) == 550
+    _check_cover([p[0] for p in parts], 1347)
+    _check_cover([p[1] for p in parts], 450)
+
+
+def test_pcdd_and_dirichlet_too_many_clients() -> None:
+    ytr, yte = _labels(3), _labels(1, seed=1)
+    for assignment in ("flwr", "sequential"):
+        with pytest.raises(ValueError, match=r"^num-clients=40: partition 'pcdd' leaves client \d+ without class \d+ "):
+            pcdd(ytr, yte, num_clients=40, seed=0, classes_per_client=2, assignment=assignment)
+    with pytest.raises(ValueError, match=r"^num-clients=40: partition 'dirichlet' leaves client \d+ with no train"):
+        dirichlet(ytr, yte, num_clients=40, seed=0, beta=0.5)
+
+
+def test_pcdd_allows_empty_test_splits() -> None:
+    ytr, yte = _labels(50), _labels(2, seed=1)
+    for assignment in ("flwr", "sequential"):
+        parts = pcdd(ytr, yte, num_clients=30, seed=0, classes_per_client=2, assignment=assignment)
+        assert min(len(tr) for tr, _ in parts) > 0
+        _check_cover([p[1] for p in parts], len(yte))
+        for tr, te in parts:
+            assert set(np.unique(yte[te])) <= set(np.unique(ytr[tr]))

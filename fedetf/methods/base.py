@@ -1,0 +1,320 @@
+"""The client side of a federated method: FedAvg's local round, and the hooks a method overrides.
+
+A method is a :class:`LocalMethod` subclass. It declares its hyperparameters
+once, as a frozen dataclass ``Settings`` whose fields are made with
+:func:`setting` (default, help text, allowed range); validation, the run-config
+keys (``<name>.<field>``), the README table and ``run.json`` all derive from it.
+
+One client round, as run by :func:`fedetf.train.client_round`:
+
+1. :meth:`LocalMethod.load` puts the received shared weights, the client's own
+   personal weights (from its per-client state) and the fixed weights into the model;
+2. :meth:`LocalMethod.begin` adapts the model to the client (label counts,
+   anchors, copies of the received model);
+3. training runs :meth:`LocalMethod.phases` (each with its own parameters, epochs
+   and lr), calling :meth:`LocalMethod.loss` and :meth:`LocalMethod.before_step`;
+4. :meth:`LocalMethod.end` returns extra named records for the server
+   (control variates, class statistics) and updates the per-client state;
+5. :meth:`LocalMethod.personalize` may fine-tune a personal model before the
+   personal evaluation.
+
+Per-client state is a flat ``dict[str, Tensor]`` that the caller persists
+between rounds (Flower's per-node ``context.state``); a method instance itself
+is built afresh for every round and keeps nothing between rounds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fedetf.losses import build_criterion
+from fedetf.models import FedModel, build_model
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything about the data and model that every process must build alike."""
+
+    backbone: str
+    in_channels: int
+    num_classes: int
+    feature_dim: int
+    seed: int
+    image_size: int = 0
+    loss: str = "ce"
+    class_weights: tuple[float, ...] = ()
+    weights_path: str = ""
+    #: (mean, std) when the loaders yield uint8 NHWC batches the model normalises.
+    input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+
+def setting(
+    default: Any,
+    help: str,  # noqa: A002 - the name reads best in declarations
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
+    """Declare one hyperparameter of a method: its default, meaning and allowed values."""
+    return field(default=default, metadata={"help": help, "ge": ge, "gt": gt, "le": le, "choices": choices})
+
+
+def allowed(f: Field) -> str:
+    """Human-readable allowed values of a setting."""
+    m, kind = f.metadata, type(f.default)
+    if m.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in m["choices"])
+    if kind is bool:
+        return "true or false"
+    bounds = [f"{op} {m[k]}" for k, op in (("gt", ">"), ("ge", ">="), ("le", "<=")) if m.get(k) is not None]
+    noun = "an integer" if kind is int else "a number" if kind is float else "a string"
+    return f"{noun} {' and '.join(bounds)}".strip()
+
+
+def check_setting(f: Field, value: Any) -> Any:
+    """Return ``value`` coerced to the setting's type, or raise ``ValueError`` (message: what is allowed)."""
+    kind, m = type(f.default), f.metadata
+    ok_type = (
+        isinstance(value, bool)
+        if kind is bool
+        else (isinstance(value, int) and not isinstance(value, bool))
+        if kind is int
+        else (isinstance(value, int | float) and not isinstance(value, bool))
+        if kind is float
+        else isinstance(value, str)
+    )
+    if not ok_type:
+        raise ValueError(allowed(f))
+    if kind is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(allowed(f))
+    bad = (
+        (m.get("choices") and value not in m["choices"])
+        or (m.get("gt") is not None and not value > m["gt"])
+        or (m.get("ge") is not None and not value >= m["ge"])
+        or (m.get("le") is not None and not value <= m["le"])
+    )
+    if bad:
+        raise ValueError(allowed(f))
+    return value
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """A method without hyperparameters."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stage of local training: which parameters train, for how many epochs, at which lr."""
+
+    params: list[nn.Parameter]
+    epochs: int
+    lr: float
+    name: str = "train"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Local optimisation settings (the FedGELA authors' defaults)."""
+
+    epochs: int = 10
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    clip_grad_norm: float = 20.0
+
+
+@dataclass
+class ClientRound:
+    """What a method sees of one client's round.
+
+    ``state`` is the client's own persistent state (read it in :meth:`LocalMethod.begin`,
+    write it in :meth:`LocalMethod.end`); ``received`` holds the extra records the
+    server broadcast this round; ``config`` the round's train config.
+    """
+
+    label_counts: torch.Tensor
+    state: Tensors = field(default_factory=dict)
+    received: Mapping[str, Tensors] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    server_round: int = 0
+    #: The client's train loader and the training device (for methods that pass over local data in ``end``).
+    train_loader: Any = None
+    device: torch.device | str = "cpu"
+
+
+class LocalMethod:
+    """FedAvg's client (McMahan et al., 2017): the run's loss on a learned linear head; every weight is shared.
+
+    Subclasses override only what differs. Class attributes document the method
+    (the README table is generated from them) and tell the client app what to
+    send and keep:
+
+    * ``local_prefixes``: state-dict key prefixes that are never sent (fixed
+      weights such as an ETF, or personal weights);
+    * ``personal_prefixes``: the subset of those kept in the client's state
+      between rounds (a personal head); the rest are restored from the seeded
+      initial model every round;
+    * ``server``: the registry name of the default server strategy.
+    """
+
+    name: ClassVar[str] = "fedavg"
+    Settings: ClassVar[type] = NoSettings
+    paper: ClassVar[str] = "McMahan et al., AISTATS 2017"
+    shares: ClassVar[str] = "all weights"
+    keeps: ClassVar[str] = "nothing"
+    objective: ClassVar[str] = "cross-entropy"
+    #: Whether the personal view is a model of its own; if not, it is the global model on the local test split.
+    personal_model: ClassVar[bool] = False
+    server: ClassVar[str] = "fedavg"
+    head: ClassVar[str] = "linear"
+    feature_norm: ClassVar[str] = "none"
+    local_prefixes: ClassVar[tuple[str, ...]] = ()
+    personal_prefixes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, spec: ModelSpec, settings: Any = None) -> None:
+        self.spec = spec
+        self.settings = settings if settings is not None else self.Settings()
+        self.criterion = build_criterion(spec.loss, spec.class_weights)
+
+    # -- model ---------------------------------------------------------------
+    def head_options(self) -> dict[str, Any]:
+        """Keyword options of the classifier head (see :func:`fedetf.models.build_model`)."""
+        return {}
+
+    def feature_dim(self) -> int:
+        return self.spec.feature_dim
+
+    def build_model(self) -> FedModel:
+        """The method's model, seeded by the run's seed (identical in every process)."""
+        s = self.spec
+        return build_model(
+            s.backbone,
+            s.in_channels,
+            s.num_classes,
+            self.feature_dim(),
+            head=self.head,
+            seed=s.seed,
+            weights_path=s.weights_path,
+            input_norm=s.input_norm,
+            image_size=s.image_size,
+            feature_norm=self.feature_norm,
+            **self.head_options(),
+        )
+
+    def cache_key(self) -> tuple[Any, ...]:
+        """Models are reusable between rounds of any client with the same key (every weight is reloaded)."""
+        return (type(self), self.spec, self.settings)
+
+    def is_local(self, key: str) -> bool:
+        return key.startswith(self.local_prefixes) if self.local_prefixes else False
+
+    def is_personal(self, key: str) -> bool:
+        return key.startswith(self.personal_prefixes) if self.personal_prefixes else False
+
+    def shared_state(self, model: nn.Module) -> Tensors:
+        """The weights the client sends (and the server averages): all but the local ones."""
+        return {k: v for k, v in model.state_dict().items() if not self.is_local(k)}
+
+    def personal_state(self, model: nn.Module) -> Tensors:
+        return {k: v for k, v in model.state_dict().items() if self.is_personal(k)}
+
+    def load(
+        self,
+        model: nn.Module,
+        shared: Mapping[str, torch.Tensor],
+        initial: Mapping[str, torch.Tensor],
+        state: Mapping[str, torch.Tensor],
+        received: Mapping[str, Tensors] | None = None,
+    ) -> None:
+        """Load the received shared weights, the client's personal weights (``state``, else
+        ``initial``) and the fixed weights (``initial``) into ``model``.
+
+        ``received`` holds the server's broadcast records (e.g. a rotated ETF), for
+        methods whose fixed weights the server may replace; the server's generic
+        evaluation calls this too.
+        """
+        own = model.state_dict()
+        expected = {k for k in own if not self.is_local(k)}
+        if set(shared) != expected:
+            raise ValueError(
+                f"received arrays do not fit method {self.name!r}: missing {sorted(expected - set(shared))[:5]}, "
+                f"unexpected {sorted(set(shared) - expected)[:5]}"
+            )
+        merged = dict(shared)
+        for k in own:
+            if self.is_local(k):
+                merged[k] = state.get(f"model.{k}", initial[k]) if self.is_personal(k) else initial[k]
+        model.load_state_dict(merged)
+
+    # -- the round's hooks ---------------------------------------------------
+    def begin(self, model: FedModel, rnd: ClientRound) -> None:
+        """Adapt the loaded model to this client before local training (no-op for FedAvg)."""
+
+    def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
+        return (p for p in model.parameters() if p.requires_grad)
+
+    def phases(self, model: FedModel, base: TrainSettings) -> list[Phase]:
+        """Local training stages; FedAvg trains every trainable parameter for ``base.epochs``."""
+        return [Phase(list(self.trainable_parameters(model)), base.epochs, base.lr)]
+
+    def loss(self, model: FedModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The local objective on one batch (train mode)."""
+        return self.criterion(model(x, personal=True), y)
+
+    def before_step(self, model: FedModel) -> None:
+        """Called after ``backward()`` and before clipping and the optimizer step (gradient corrections)."""
+
+    def end(self, model: FedModel, rnd: ClientRound, steps: int) -> dict[str, Tensors]:
+        """After local training: update ``rnd.state`` and return extra named records for the server."""
+        return {}
+
+    def personalize(self, model: FedModel, loader: Any, base: TrainSettings, device: torch.device | str) -> FedModel:
+        """The personal model to evaluate: ``model`` itself, or a locally fine-tuned copy (never ``model``
+        changed in place, since its shared weights are already sent)."""
+        return model
+
+    # -- the server side's view ---------------------------------------------
+    def server_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments for the method's server strategy."""
+        return {}
+
+
+def settings_fields(cls: type[LocalMethod]) -> list[Field]:
+    """The declared settings of a method, in declaration order."""
+    return [f for f in fields(cls.Settings) if f.default is not MISSING]
+
+
+def setting_key(method: str, f: Field) -> str:
+    """The run-config key of a setting, e.g. ``fedprox.mu`` or ``fedgela.missing-alpha``."""
+    return f"{method}.{f.name.replace('_', '-')}"
+
+
+def make_settings(cls: type[LocalMethod], values: Mapping[str, Any]) -> Any:
+    """Build ``cls.Settings`` from run-config values keyed ``<name>.<field>``; raise ``ValueError`` with one line."""
+    kwargs = {}
+    for f in settings_fields(cls):
+        key = setting_key(cls.name, f)
+        if key in values:
+            try:
+                kwargs[f.name] = check_setting(f, values[key])
+            except ValueError as exc:
+                raise ValueError(f"invalid run config: {key}={values[key]!r}; allowed: {exc}") from None
+    return cls.Settings(**kwargs)
+
+
+def count_vector(label_counts: torch.Tensor) -> torch.Tensor:
+    """Label counts as float32 (helper for the logit adjustments)."""
+    return label_counts.to(torch.float32)
