@@ -89,8 +89,12 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     method = make_method(cfg)
     model, initial = model_buffer(method)
     _, test_loader = fed.client_loaders(pid, cfg.batch_size, cfg.seed, num_workers=cfg.num_workers)
-    rnd = ClientRound(label_counts=torch.from_numpy(fed.label_counts(pid)), state=_state(context),
-                      received=_received(msg), config=dict(msg.content["config"]))
+    rnd = ClientRound(
+        label_counts=torch.from_numpy(fed.label_counts(pid)),
+        state=_state(context),
+        received=_received(msg),
+        config=dict(msg.content["config"]),
+    )
     method.load(model, msg.content["arrays"].to_torch_state_dict(), initial, rnd.state, rnd.received)
     dev = device(cfg)
     model.to(dev)

@@ -98,7 +98,11 @@ def test_registry_resolves_methods_servers_and_user_classes() -> None:
     )
     assert strategy.fraction_train == 0.4 and strategy.weighted_by_key == "num-batches" and strategy.eta == 0.5
     prox = build_strategy(
-        FedProx, num_clients=2, fraction_train=1.0, weighted_by_key="num-examples", extra={},
+        FedProx,
+        num_clients=2,
+        fraction_train=1.0,
+        weighted_by_key="num-examples",
+        extra={},
         method_kwargs={"proximal_mu": 0.2},
     )
     assert prox.proximal_mu == 0.2
@@ -106,8 +110,11 @@ def test_registry_resolves_methods_servers_and_user_classes() -> None:
 
 @pytest.mark.parametrize(
     "name,match",
-    [("fedfoo", "allowed: 'auto', one of"), ("no.such.module:X", "cannot import"),
-     ("tests.userpkg.trimmed:np", "not a flwr")],
+    [
+        ("fedfoo", "allowed: 'auto', one of"),
+        ("no.such.module:X", "cannot import"),
+        ("tests.userpkg.trimmed:np", "not a flwr"),
+    ],
 )
 def test_registry_errors_are_one_line(name: str, match: str) -> None:
     with pytest.raises(StrategyError, match=match) as info:

@@ -99,15 +99,15 @@ def test_missing_cache_names_folder_and_command(tmp_path: Path) -> None:
     assert str(tmp_path / "fed-isic2019") in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("strategy", ["fedgela", "fedavg"])
-def test_one_round_through_flower(data_root: Path, tmp_path: Path, strategy: str) -> None:
-    out = tmp_path / strategy
+@pytest.mark.parametrize("method", ["fedgela", "fedavg"])
+def test_one_round_through_flower(data_root: Path, tmp_path: Path, method: str) -> None:
+    out = tmp_path / method
     run_local(
         {
             "dataset": "fed-isic2019",
             "data-root": str(data_root),
             "num-clients": 6,
-            "strategy": strategy,
+            "method": method,
             "num-server-rounds": 1,
             "local-epochs": 1,
             "batch-size": 8,

@@ -115,8 +115,10 @@ def test_scaffold_server_updates_c_by_participation_share() -> None:
 
     server = ScaffoldServer()
     server.num_nodes = 4
-    extras = [{"scaffold.delta_c": ArrayRecord({"w": Array(np.array([1.0, 3.0]))})},
-              {"scaffold.delta_c": ArrayRecord({"w": Array(np.array([3.0, 5.0]))})}]
+    extras = [
+        {"scaffold.delta_c": ArrayRecord({"w": Array(np.array([1.0, 3.0]))})},
+        {"scaffold.delta_c": ArrayRecord({"w": Array(np.array([3.0, 5.0]))})},
+    ]
     server.aggregate_extras(1, extras, [1.0, 9.0])  # the mean is unweighted, scaled by |S|/N = 1/2
     np.testing.assert_allclose(server.broadcast["scaffold.c"]["w"].numpy(), [1.0, 2.0])
     server.aggregate_extras(2, extras[:1], [1.0])

@@ -1,6 +1,5 @@
-import torch
-
 import pytest
+import torch
 
 from fedetf.methods import ClientRound, LocalMethod, ModelSpec, TrainSettings, adaptation_vector
 from fedetf.methods.fedgela import FedGELA

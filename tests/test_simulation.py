@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -24,9 +27,9 @@ def _run(tmp: Path, name: str, **overrides: object) -> Path:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("runs")
     return {
-        "fedgela": _run(tmp, "fedgela", strategy="fedgela"),
-        "fedgela-again": _run(tmp, "fedgela-again", strategy="fedgela"),
-        "fedavg": _run(tmp, "fedavg", strategy="fedavg"),
+        "fedgela": _run(tmp, "fedgela", method="fedgela"),
+        "fedgela-again": _run(tmp, "fedgela-again", method="fedgela"),
+        "fedavg": _run(tmp, "fedavg", method="fedavg"),
     }
 
 
@@ -36,21 +39,37 @@ def test_results_files(runs: dict[str, Path], name: str) -> None:
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(metrics.columns) == METRIC_COLUMNS
     assert metrics["round"].tolist() == [1, 2]
-    for col in ("generic_acc", "generic_bacc", "personal_acc", "personal_bacc"):
+    for col in ("generic_acc", "generic_bacc", "personal_acc", "personal_bacc", "personal_acc_before"):
         assert metrics[col].between(0, 1).all()
-    assert (metrics["train_loss"] > 0).all()
+    assert (metrics["train_loss"] > 0).all() and (metrics["failed_clients"] == 0).all()
     assert (metrics["num_clients"] == 10).all()
     clients = pd.read_csv(out / "clients.csv")
     assert list(clients.columns) == CLIENT_COLUMNS
     assert len(clients) == 20 and sorted(clients["partition_id"].unique()) == list(range(10))
-    # The round's personal accuracy is the test-size-weighted mean of the clients'.
-    r1 = clients[clients["round"] == 1]
-    weighted = (r1["personal_acc"] * r1["test_examples"]).sum() / r1["test_examples"].sum()
-    assert weighted == pytest.approx(metrics.loc[0, "personal_acc"])
+    for r, row in metrics.set_index("round").iterrows():
+        c = clients[clients["round"] == r]
+        # Pooled (test-size-weighted) and plain client means of the clients' personal accuracy.
+        pooled = (c["personal_acc"] * c["test_examples"]).sum() / c["test_examples"].sum()
+        assert pooled == pytest.approx(row["personal_acc"])
+        assert c["personal_acc"].mean() == pytest.approx(row["personal_acc_client_mean"])
+        before = (c["personal_acc_before"] * c["test_examples"]).sum() / c["test_examples"].sum()
+        assert before == pytest.approx(row["personal_acc_before"])
     info = json.loads((out / "run.json").read_text())
-    assert info["status"] == "finished" and info["config"]["strategy"] == name and info["method"] == name
+    assert info["status"] == "finished" and info["config"]["method"] == name and info["method"] == name
     assert info["versions"]["flwr"].startswith("1.42")
     assert set(info["summary"]["generic_acc"]) == {"last", "last_round", "best", "best_round"}
+    expected = {"fedgela.temperature": 0.2} if name == "fedgela" else {}
+    assert {k: v for k, v in info["method_settings"].items() if k in expected} == expected
+    assert name == "fedgela" or info["method_settings"] == {}
+    assert info["personal_view"].startswith("each client's personal model") == (name == "fedgela")
+
+
+def test_fedgela_beats_its_untrained_start_in_the_personal_view(runs: dict[str, Path]) -> None:
+    m = pd.read_csv(runs["fedgela"] / "metrics.csv")
+    # Round 1's "before" is the initial model plus each client's adaptation; training must improve on it.
+    assert m.loc[0, "personal_acc"] > m.loc[0, "personal_acc_before"] + 0.2
+    # From round 2 the received global model with local adaptation already does far better than chance.
+    assert m.loc[1, "personal_acc_before"] > 0.5
 
 
 def test_same_seed_gives_identical_metrics(runs: dict[str, Path]) -> None:
@@ -66,11 +85,11 @@ def test_fedavg_and_fedgela_see_identical_splits(runs: dict[str, Path]) -> None:
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_user_strategy_by_import_path(tmp_path: Path) -> None:
+def test_user_server_strategy_by_import_path(tmp_path: Path) -> None:
     from tests.userpkg.trimmed import TrimmedMean
 
     before = TrimmedMean.calls
-    out = _run(tmp_path, "custom", strategy="tests.userpkg.trimmed:TrimmedMean", **{"client-method": "fedgela"})
+    out = _run(tmp_path, "custom", method="fedgela", server="tests.userpkg.trimmed:TrimmedMean")
     assert TrimmedMean.calls - before == 2
     info = json.loads((out / "run.json").read_text())
     assert info["strategy_class"] == "tests.userpkg.trimmed:TrimmedMean" and info["method"] == "fedgela"
@@ -91,9 +110,9 @@ def test_compare_table_csv_and_plot(runs: dict[str, Path], tmp_path: Path, capsy
 
     csv, png = tmp_path / "table.csv", tmp_path / "curves.png"
     compare.main(
-        [*map(str, runs.values()), "--by", "strategy", "--metric", "bacc", "--csv", str(csv), "--plot", str(png)]
+        [*map(str, runs.values()), "--by", "method", "--metric", "bacc", "--csv", str(csv), "--plot", str(png)]
     )
-    table = pd.read_csv(csv, index_col="strategy")
+    table = pd.read_csv(csv, index_col="method")
     assert table.loc["fedgela", "runs"] == 2 and table.loc["fedavg", "runs"] == 1
     for name in ("fedgela", "fedavg"):
         m = pd.read_csv(runs[name] / "metrics.csv")
@@ -104,14 +123,95 @@ def test_compare_table_csv_and_plot(runs: dict[str, Path], tmp_path: Path, capsy
     assert png.stat().st_size > 1000
 
 
-@pytest.mark.parametrize("name", ["fedprox", "fedlc", "fedrs"])
-def test_baselines_run_end_to_end(tmp_path: Path, name: str) -> None:
-    out = _run(tmp_path, name, strategy=name, **{"num-server-rounds": 2, "local-epochs": 1})
+METHOD_RUNS = {
+    "fedprox": {"fedprox.mu": 0.1},
+    "fedlc": {},
+    "fedrs": {},
+    "scaffold": {},
+    "moon": {},
+    "fedbabu": {},
+    "fedper": {},
+    "fedrep": {},
+    "fedrod": {},
+    "fedetf": {"fedetf.scale": 10.0},
+    "fedgela-normalized-nearest": {"fedgela.features": "normalized", "fedgela.nearest-etf": True},
+    "fedgela-softmask-distill-dK": {"fedgela.missing-alpha": 0.5, "fedgela.distill": 0.1, "feature-dim": 10},
+    "fedgela-additive": {"fedgela.prior": "additive"},
+    "scaffold-fedadam": {"server": "fedadam", "server-args": '{"eta": 0.01}'},
+}
+
+
+@pytest.mark.parametrize("name", list(METHOD_RUNS))
+def test_every_method_runs_end_to_end(tmp_path: Path, name: str) -> None:
+    method = name.split("-")[0]
+    out = _run(tmp_path, name, method=method, **{"local-epochs": 1, "num-clients": 4}, **METHOD_RUNS[name])
     info = json.loads((out / "run.json").read_text())
-    assert info["status"] == "finished" and info["method"] == name
+    assert info["status"] == "finished" and info["method"] == method
+    for key, value in METHOD_RUNS[name].items():
+        assert info["config"][key] == value and (
+            key not in info["method_settings"] or info["method_settings"][key] == value
+        )
     metrics = pd.read_csv(out / "metrics.csv")
-    assert metrics["round"].tolist() == [1, 2] and metrics["generic_acc"].between(0, 1).all()
-    assert (metrics["train_loss"] > 0).all()
+    assert metrics["round"].tolist() == [1, 2] and (metrics["failed_clients"] == 0).all()
+    assert metrics[["generic_acc", "personal_acc", "personal_acc_before"]].stack().between(0, 1).all()
+    assert np.isfinite(metrics["train_loss"]).all() and (metrics["train_loss"] > 0).all()
+    if name == "scaffold-fedadam":
+        assert info["strategy_class"].endswith("Scaffold+FedAdam")
+
+
+def test_per_client_state_is_isolated_and_persists(tmp_path: Path) -> None:
+    """6 clients on 2 Ray workers, half sampled per round, 4 rounds: a client sampled again sees exactly
+    the state it wrote in its own last round, and never another client's."""
+    from data_prep.federated import load_federation
+
+    log = tmp_path / "log"
+    log.mkdir()
+    _run(
+        tmp_path,
+        "probe",
+        method="tests.userpkg.probe:StateProbe",
+        **{
+            "method-args": json.dumps({"log-dir": str(log)}),
+            "num-clients": 6,
+            "fraction-train": 0.5,
+            "num-server-rounds": 4,
+            "local-epochs": 1,
+        },
+    )
+    fed = load_federation("digits", "pcdd", 6, 0, 3, 0.5, (("data-root", ""), ("download", False)))
+    fingerprints = [tuple(fed.label_counts(c).tolist()) for c in range(6)]
+    assert len(set(fingerprints)) == 6  # label counts identify each client
+    lines = [json.loads(x) for f in log.glob("*.jsonl") for x in f.read_text().splitlines()]
+    assert len(lines) == 4 * 3 and len({x["worker"] for x in lines}) == 2  # two Ray workers shared the clients
+    visits: dict[tuple, list[dict]] = defaultdict(list)
+    for x in sorted(lines, key=lambda x: x["round"]):
+        visits[tuple(x["counts"])].append(x)
+    assert any(len(v) >= 2 for v in visits.values())  # some client was sampled again
+    for client, seen in visits.items():
+        previous = -1
+        for x in seen:
+            assert x["seen_round"] == previous  # exactly its own last round
+            assert x["seen_counts"] == (None if previous == -1 else list(client))  # never another client's
+            assert x["keys"] == ([] if previous == -1 else ["probe.counts", "probe.round"])
+            previous = x["round"]
+
+
+def test_readme_method_example_runs_by_import_path(tmp_path: Path) -> None:
+    from tests.userpkg import feddecorr
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    source = Path(feddecorr.__file__).read_text()
+    assert f"```python\n{source}```" in readme  # the README shows exactly the tested file
+    out = _run(
+        tmp_path,
+        "decorr",
+        method="tests.userpkg.feddecorr:FedDecorr",
+        **{"method-args": '{"beta": 0.5}', "local-epochs": 1, "num-clients": 4},
+    )
+    info = json.loads((out / "run.json").read_text())
+    assert info["method"] == "feddecorr" and info["method_settings"] == {"feddecorr.beta": 0.5, "feddecorr.eps": 1e-8}
+    assert info["strategy_class"] == "flwr.serverapp.strategy.fedavgm:FedAvgM"
+    assert math.isfinite(pd.read_csv(out / "metrics.csv")["train_loss"].iloc[-1])
 
 
 def test_a_failed_run_raises_and_writes_nothing(tmp_path: Path) -> None:
