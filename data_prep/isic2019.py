@@ -32,15 +32,14 @@ import json
 import math
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,13 +47,12 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
+from data_prep.isic_format import CENTRES, CLASSES, MANIFEST_FORMAT, MANIFEST_VERSION
+from fedetf.io import TEMP_GLOB, atomic_path, atomic_write_text
+
 PathLike = str | os.PathLike[str]
 
-#: Class order of FLamby's labels (the ground truth's UNK column is never positive in training).
-CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
 GT_COLUMNS = (*CLASSES, "UNK")
-#: Centre ids 0..5 in FLamby's order.
-CENTRES = ("BCN", "vidir_molemax", "vidir_modern", "rosendahl", "MSK", "vienna_dias")
 #: HAM10000 ``dataset`` value -> centre id.
 HAM_CENTRES = {"vidir_molemax": 1, "vidir_modern": 2, "rosendahl": 3, "vienna_dias": 5}
 
@@ -99,9 +97,6 @@ LICENCE_MESSAGE = (
     "accept the licence with accept_license=True (CLI: --accept-license)"
 )
 
-MANIFEST_FORMAT = "fedetf-isic2019"
-MANIFEST_VERSION = 1
-TMP_SUFFIX = ".tmp"
 #: Errors that mean "this image cannot be decoded", as opposed to a bug.
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, zipfile.BadZipFile, Image.DecompressionBombError)
 
@@ -317,23 +312,6 @@ def preprocess(data: bytes | Path, size: int = 224) -> np.ndarray:
     return shades_of_gray(np.asarray(resize_shorter_edge(rgb, size)))
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(fileobj)`` on a temp file next to ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
-
-
 def _image_refs(images: Path) -> dict[str, str]:
     """Image id -> file path or zip member name, for every ``*.jpg`` of a folder or zip."""
     if images.is_dir():
@@ -366,7 +344,8 @@ def _process_chunk(
             except _IMAGE_ERRORS as e:
                 results.append((image, 0, 0, f"cannot decode: {type(e).__name__}: {_one_line(e)}"))
                 continue
-            _atomic_write(Path(out_dir) / f"{image}.npy", lambda f, a=arr: np.save(f, a, allow_pickle=False))
+            with atomic_path(Path(out_dir) / f"{image}.npy") as tmp:
+                np.save(tmp, arr, allow_pickle=False)
             results.append((image, arr.shape[0], arr.shape[1], ""))
     finally:
         if zf is not None:
@@ -380,9 +359,11 @@ def _cached_shape(path: Path, size: int) -> tuple[int, int] | None:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError):
         return None
-    if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 and min(arr.shape[:2]) == size:
-        return int(arr.shape[0]), int(arr.shape[1])
-    return None
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) != size:
+        return None
+    if path.stat().st_size != arr.offset + arr.nbytes:  # trailing bytes: not what np.save wrote
+        return None
+    return int(arr.shape[0]), int(arr.shape[1])
 
 
 def _counts(index: pd.DataFrame, fold: str) -> list[list[int]]:
@@ -427,7 +408,7 @@ def prepare(
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)  # nothing is trusted until this run completes
-    for stale in [*out.glob(f".*{TMP_SUFFIX}"), *img_dir.glob(f".*{TMP_SUFFIX}")]:
+    for stale in [*out.glob(TEMP_GLOB), *img_dir.glob(TEMP_GLOB)]:
         stale.unlink(missing_ok=True)
 
     table = split_table(derive_table(metadata_csv, ground_truth_csv, ham_metadata_csv), split_csv, seed)
@@ -497,10 +478,10 @@ def prepare(
         "counts": {"train": train, "test": test},
         "totals": {"train": [sum(r) for r in train], "test": [sum(r) for r in test]},
     }
-    _write_text(out / "index.csv", index.to_csv(index=False))
-    _write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out / "index.csv", index.to_csv(index=False))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
     manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "num_images": len(index), "size": size}
-    _write_text(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return report
 
 

@@ -4,12 +4,16 @@
 writes the cache this module reads: ``index.csv`` (image, center, label, fold,
 height, width), ``images/<image>.npy`` (uint8 HxWx3, shorter edge 224,
 Shades-of-Gray) and, last, ``manifest.json``. Images are loaded per sample as
-``.npy`` (no JPEG decoding) and augmented with FLamby's transforms.
+``.npy`` (no JPEG decoding) and augmented with FLamby's transforms. A missing
+``manifest.json``, a damaged ``index.csv`` or an image listed there but absent
+is refused when loading, with one line naming the file and the prep command.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,8 +23,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from data_prep.datasets import DatasetInfo, register_dataset
-from data_prep.isic2019 import CLASSES
+from data_prep.datasets import CorruptCacheError, DatasetInfo, DatasetMissingError, register_dataset
+from data_prep.isic_format import CENTRES, CLASSES, MANIFEST_FORMAT
 from data_prep.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
 
 CACHE_NAME = "fed-isic2019"
 NPY_V1 = b"\x93NUMPY\x01\x00"
+INDEX_COLUMNS = ("image", "center", "label", "fold", "height", "width")
 
 
 def read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
@@ -37,7 +42,10 @@ def read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
         return np.load(path)
     offset = 10 + int.from_bytes(data[8:10], "little")
     if len(data) - offset != shape[0] * shape[1] * shape[2]:
-        raise ValueError(f"{path}: {len(data) - offset} bytes of pixels, index.csv says {shape}; re-run the prep")
+        raise CorruptCacheError(
+            f"{path}: {len(data) - offset} bytes of pixels, index.csv says {shape}; "
+            f"re-run the prep with --out {shlex.quote(str(path.parent.parent))} to rebuild it"
+        )
     return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
 
 
@@ -106,20 +114,71 @@ def cache_dir(data_root: str) -> Path:
     return resolve_data_root(data_root) / CACHE_NAME
 
 
-def load_isic(seed: int, options: dict[str, Any]) -> IsicSplits:
-    """Open the prepared cache; one line naming the folder and the prep command if absent."""
-    root = cache_dir(str(options.get("data-root", "")))
-    if not (root / "manifest.json").is_file():
-        raise FileNotFoundError(
-            f"dataset 'fed-isic2019' not prepared in {root} (no manifest.json); prepare it with: "
-            f"python -m data_prep.isic2019 prepare --images ISIC_2019_Training_Input.zip "
-            f"--metadata ISIC_2019_Training_Metadata.csv --ground-truth ISIC_2019_Training_GroundTruth.csv "
-            f"--ham-metadata HAM10000_metadata.csv --out {root}"
+def prep_command(root: Path) -> str:
+    """The command that (re)builds the cache in ``root``; it keeps the images already prepared there."""
+    return (
+        "python -m data_prep.isic2019 prepare --images ISIC_2019_Training_Input.zip "
+        "--metadata ISIC_2019_Training_Metadata.csv --ground-truth ISIC_2019_Training_GroundTruth.csv "
+        f"--ham-metadata HAM10000_metadata.csv --out {shlex.quote(str(root))}"
+    )
+
+
+def _broken(root: Path, file: Path, problem: str) -> CorruptCacheError:
+    return CorruptCacheError(
+        f"dataset 'fed-isic2019': {file} {' '.join(problem.split())}; rebuild it with: {prep_command(root)}"
+    )
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise DatasetMissingError(
+            f"dataset 'fed-isic2019' not prepared in {root} (no {path}); prepare it with: {prep_command(root)}"
         )
-    manifest = json.loads((root / "manifest.json").read_text())
-    if manifest.get("format") != "fedetf-isic2019":
-        raise ValueError(f"{root / 'manifest.json'}: not a fedetf Fed-ISIC2019 cache")
-    index = pd.read_csv(root / "index.csv")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise _broken(root, path, f"is unreadable ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise _broken(root, path, "is not the manifest of a fedetf Fed-ISIC2019 cache")
+    return manifest
+
+
+def _read_index(root: Path, manifest: dict[str, Any]) -> pd.DataFrame:
+    """``index.csv``, checked for its columns, row count, labels, centres and folds."""
+    path = root / "index.csv"
+    try:
+        index = pd.read_csv(path)
+    except (OSError, ValueError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise _broken(root, path, f"is unreadable ({e})") from None
+    if missing := [c for c in INDEX_COLUMNS if c not in index.columns]:
+        raise _broken(root, path, f"lacks column(s) {', '.join(missing)}")
+    if len(index) != manifest.get("num_images", len(index)):
+        raise _broken(root, path, f"has {len(index)} rows, manifest.json says {manifest['num_images']} images")
+    for col, allowed in (("label", range(len(CLASSES))), ("center", range(len(CENTRES))), ("fold", ("train", "test"))):
+        if bad := sorted(set(index[col].tolist()) - set(allowed), key=str):
+            raise _broken(root, path, f"has {col} value(s) {bad[:3]} outside {list(allowed)}")
+    return index
+
+
+def _check_images(root: Path, names: pd.Series) -> None:
+    """Every image listed in index.csv is in ``images/`` (one folder listing, no per-file stat)."""
+    folder = root / "images"
+    try:
+        present = {e.name for e in os.scandir(folder)}
+    except OSError:
+        raise _broken(root, folder, "is missing") from None
+    missing = [n for n in names if f"{n}.npy" not in present]
+    if missing:
+        more = f" (and {len(missing) - 1} more of the {len(names)} listed)" if len(missing) > 1 else ""
+        raise _broken(root, folder / f"{missing[0]}.npy", f"is listed in index.csv but absent{more}")
+
+
+def load_isic(seed: int, options: dict[str, Any]) -> IsicSplits:
+    """Open the prepared cache; one line naming the file and the prep command if it is absent or damaged."""
+    root = cache_dir(str(options.get("data-root", "")))
+    index = _read_index(root, _read_manifest(root))
+    _check_images(root, index["image"])
     parts = {fold: index[index["fold"] == fold].reset_index(drop=True) for fold in ("train", "test")}
 
     def files(df: pd.DataFrame) -> list[Path]:

@@ -5,7 +5,9 @@ original files once; the decoded splits are then written to
 ``<data-root>/fedetf-cache/<name>/{x_train,y_train,x_test,y_test}.npy``
 (x: uint8 N x C x H x W, y: int64) with a ``done.json`` marker written last.
 Every later load memory-maps that cache read-only, so client processes share
-the same pages and never touch the original files again.
+the same pages and never touch the original files again. A cache whose
+``done.json`` is there but whose files are truncated or damaged is refused with
+a one-line :class:`~data_prep.datasets.CorruptCacheError` naming the file.
 
 Fetch ahead of a run with ``python -m data_prep.vision cifar10 svhn --root DIR``.
 """
@@ -18,31 +20,22 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
-from data_prep.datasets import ArraySplits, DatasetInfo, register_dataset
+from data_prep.datasets import ArraySplits, CorruptCacheError, DatasetError, DatasetMissingError
+from data_prep.vision_info import VISION_INFOS
+from fedetf.io import atomic_path, atomic_write_text
 
 ENV_DATA_ROOT = "FEDETF_DATA_ROOT"
 CACHE_FOLDER = "fedetf-cache"
 CACHE_FORMAT = "fedetf-vision-cache"
 CACHE_VERSION = 1
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
-
-#: Training augmentation per dataset (crop = RandomCrop(32, padding=4); flip = horizontal flip).
-TRAIN_AUGMENT: dict[str, str] = {
-    "cifar10": "crop-flip",
-    "cifar100": "crop-flip",
-    "svhn": "crop",
-    "mnist": "none",
-    "fmnist": "none",
-}
 
 #: torchvision.datasets class that reads each dataset.
 TORCHVISION_CLASS: dict[str, str] = {
@@ -52,59 +45,6 @@ TORCHVISION_CLASS: dict[str, str] = {
     "cifar100": "CIFAR100",
     "svhn": "SVHN",
 }
-
-_DIGITS = tuple(str(i) for i in range(10))
-_FMNIST = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-_CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-_CIFAR100 = tuple(
-    """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can
-    castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin
-    elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster
-    man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck
-    pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk
-    skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger
-    tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split()
-)
-
-
-def _info(
-    name: str,
-    num_classes: int,
-    channels: int,
-    size: int,
-    model: str,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    classes: tuple[str, ...],
-) -> DatasetInfo:
-    return DatasetInfo(
-        name=name,
-        num_classes=num_classes,
-        in_channels=channels,
-        image_size=size,
-        default_model=model,
-        mean=mean,
-        std=std,
-        class_names=classes,
-        train_augment=TRAIN_AUGMENT[name],
-    )
-
-
-#: Static facts (published per-channel mean/std on 0..1; FedGELA's default models).
-VISION_INFOS: dict[str, DatasetInfo] = {
-    info.name: info
-    for info in (
-        _info("mnist", 10, 1, 28, "cnn", (0.1307,), (0.3081,), _DIGITS),
-        _info("fmnist", 10, 1, 28, "cnn", (0.2860,), (0.3530,), _FMNIST),
-        _info("cifar10", 10, 3, 32, "resnet18", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), _CIFAR10),
-        _info("cifar100", 100, 3, 32, "resnet18", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _CIFAR100),
-        _info("svhn", 10, 3, 32, "cnn", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), _DIGITS),
-    )
-}
-
-
-class DatasetMissingError(FileNotFoundError):
-    """The dataset's files are absent or corrupted and downloading was not allowed (or failed)."""
 
 
 def resolve_data_root(value: str) -> Path:
@@ -204,30 +144,6 @@ def decode(name: str, root: Path, download: bool) -> dict[str, np.ndarray]:
 # --- the memory-mapped cache --------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write ``path`` through a temp file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 @contextlib.contextmanager
 def _build_lock(folder: Path) -> Iterator[None]:
     """Exclusive lock so concurrent processes do not write the same cache at once (POSIX only)."""
@@ -249,34 +165,74 @@ def write_cache(folder: Path, name: str, arrays: dict[str, np.ndarray]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "done.json").unlink(missing_ok=True)
     for key in ARRAYS:
-        _atomic_write(folder / f"{key}.npy", partial(np.save, arr=arrays[key], allow_pickle=False))
-    _fsync_dir(folder)
+        with atomic_path(folder / f"{key}.npy") as tmp:
+            np.save(tmp, arrays[key], allow_pickle=False)
     marker = {
         "format": CACHE_FORMAT,
         "version": CACHE_VERSION,
         "dataset": name,
         "arrays": {k: {"shape": list(arrays[k].shape), "dtype": str(arrays[k].dtype)} for k in ARRAYS},
     }
-    _atomic_write(folder / "done.json", lambda f: f.write(json.dumps(marker, indent=1).encode()))
-    _fsync_dir(folder)
+    atomic_write_text(folder / "done.json", json.dumps(marker, indent=1))
+
+
+def _corrupt(folder: Path, name: str, file: Path, problem: str) -> CorruptCacheError:
+    return CorruptCacheError(
+        f"dataset {name!r}: cache file {file} {' '.join(problem.split())}; "
+        f"delete {folder} to rebuild it from the original files"
+    )
+
+
+def _open_array(folder: Path, name: str, key: str, meta: Any) -> np.ndarray:
+    """``<key>.npy`` memory-mapped read-only, checked against its entry of done.json."""
+    path = folder / f"{key}.npy"
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise _corrupt(folder, name, path, "is missing") from None
+    except (OSError, ValueError, EOFError) as e:  # a truncated file does not map: "mmap length is greater ..."
+        raise _corrupt(folder, name, path, f"is truncated or damaged ({e})") from None
+    try:
+        shape, dtype = list(meta["shape"]), str(meta["dtype"])
+    except (KeyError, TypeError):
+        raise _corrupt(folder, name, folder / "done.json", f"lacks the shape and dtype of {key}") from None
+    if list(arr.shape) != shape or str(arr.dtype) != dtype:
+        raise _corrupt(folder, name, path, f"holds {arr.dtype} {list(arr.shape)}, done.json says {dtype} {shape}")
+    size, want = path.stat().st_size, arr.offset + arr.nbytes
+    if size != want:
+        raise _corrupt(folder, name, path, f"has {size} bytes, {want} expected")
+    return arr
 
 
 def open_cache(folder: Path, name: str) -> ArraySplits | None:
-    """The cache memory-mapped read-only, or None if it is absent, unfinished or inconsistent."""
+    """The cache memory-mapped read-only; None if absent, unfinished (no done.json) or of another format.
+
+    Raises
+    ------
+    CorruptCacheError
+        ``done.json`` says the cache is complete but it is unreadable, or a ``.npy`` file is missing,
+        truncated, of another shape or size, or holds labels outside the dataset's classes.
+    """
+    marker_path = folder / "done.json"
     try:
-        marker = json.loads((folder / "done.json").read_text())
-        if marker.get("format") != CACHE_FORMAT or marker.get("version") != CACHE_VERSION:
-            return None
-        if marker.get("dataset") != name:
-            return None
-        arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in ARRAYS}
-        for k, arr in arrays.items():
-            meta = marker["arrays"][k]
-            if list(arr.shape) != meta["shape"] or str(arr.dtype) != meta["dtype"]:
-                return None
-        return ArraySplits(**arrays)
-    except (OSError, ValueError, KeyError, TypeError):
+        marker = json.loads(marker_path.read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as e:
+        raise _corrupt(folder, name, marker_path, f"is unreadable ({e})") from None
+    if not isinstance(marker, dict) or (marker.get("format"), marker.get("version")) != (CACHE_FORMAT, CACHE_VERSION):
+        return None  # another format: rebuilt
+    if marker.get("dataset") != name:
+        return None
+    metas = marker.get("arrays")
+    metas = metas if isinstance(metas, dict) else {}
+    arrays = {k: _open_array(folder, name, k, metas.get(k)) for k in ARRAYS}
+    num_classes = VISION_INFOS[name].num_classes
+    for key in ("y_train", "y_test"):
+        y = arrays[key]
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise _corrupt(folder, name, folder / f"{key}.npy", f"holds labels outside 0..{num_classes - 1}")
+    return ArraySplits(**arrays)
 
 
 def prepare(name: str, root: Path, download: bool) -> ArraySplits:
@@ -308,10 +264,6 @@ def load_vision(name: str, seed: int, options: dict[str, Any]) -> ArraySplits:
     return prepare(name, root, _as_bool(options.get("download", False)))
 
 
-for _name, _vinfo in VISION_INFOS.items():
-    register_dataset(_vinfo, partial(load_vision, _name))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Download (``download=True``) and decode datasets into the memory-mapped cache."""
     parser = argparse.ArgumentParser(prog="python -m data_prep.vision", description=main.__doc__)
@@ -322,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.names:
         try:
             data = prepare(name, root, download=True)
-        except (OSError, RuntimeError) as e:  # torchvision's download errors span several lines
+        except (OSError, RuntimeError, DatasetError) as e:  # torchvision's download errors span several lines
             print(f"{name}: {' '.join(str(e).split())}", file=sys.stderr)
             return 1
         print(f"{name}: {len(data.y_train)} train / {len(data.y_test)} test images in {cache_dir(root, name)}")

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from fedetf.methods.base import ClientRound, LocalMethod, Phase, Tensors, TrainSettings
 from fedetf.metrics import accuracy, balanced_accuracy
 from fedetf.models import FedModel
+from fedetf.nc import ClassStats, ClassStatsAccumulator, angle_collapse, nc_metrics, space_waste
 
 
 class NonFiniteError(FloatingPointError):
@@ -143,6 +144,7 @@ class RoundResult:
     before: EvalResult
     after: EvalResult
     state: Tensors = field(default_factory=dict)
+    diagnostics: dict[str, float] = field(default_factory=dict)
 
 
 def client_round(
@@ -155,12 +157,14 @@ def client_round(
     test_loader: DataLoader,
     settings: TrainSettings,
     device: torch.device | str = "cpu",
+    diagnose: Callable[[FedModel], dict[str, float]] | None = None,
 ) -> RoundResult:
     """One client's round: load, adapt, evaluate before training, train, collect, personalise, evaluate.
 
     ``initial`` is the seeded initial state of ``model`` (the source of fixed
     weights and of personal weights the client has not trained yet); ``rnd.state``
-    is updated in place with the client's new personal state.
+    is updated in place with the client's new personal state. ``diagnose`` runs
+    on the locally trained model (before any personal fine-tuning).
     """
     rnd.train_loader, rnd.device = train_loader, device
     method.load(model, shared, initial, rnd.state, rnd.received)
@@ -175,11 +179,78 @@ def client_round(
     extras = method.end(model, rnd, steps)
     for k, v in method.personal_state(model).items():
         rnd.state[f"model.{k}"] = v.detach().cpu().clone()
+    diagnostics = diagnose(model) if diagnose is not None else {}
     personal = method.personalize(model, train_loader, settings, device)
     after = evaluate(personal, test_loader, personal=True, device=device)
-    return RoundResult(out, extras, loss, steps, before, after, rnd.state)
+    return RoundResult(out, extras, loss, steps, before, after, rnd.state, diagnostics)
 
 
 def initial_state(model: nn.Module) -> Tensors:
     """A detached copy of a freshly built model's state (fixed and not-yet-trained personal weights)."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def head_input(model: FedModel, x: torch.Tensor) -> torch.Tensor:
+    """The features the classifier compares with its class vectors (L2-normalised for a normalising ETF head)."""
+    h = model.features(x)
+    return nn.functional.normalize(h, dim=1) if getattr(model.classifier, "normalize", False) else h
+
+
+def classifier_vectors(model: FedModel) -> torch.Tensor | None:
+    """The classifier's class vectors, ``K x d``: the ETF's columns, a linear head's rows, FedRoD's generic head."""
+    head = model.classifier
+    if hasattr(head, "etf"):
+        return head.etf.detach().T
+    for name in ("fc", "generic"):
+        if isinstance(getattr(head, name, None), nn.Linear):
+            return getattr(head, name).weight.detach()
+    return None
+
+
+@torch.no_grad()
+def feature_statistics(
+    model: FedModel, loader: DataLoader, num_classes: int, device: torch.device | str = "cpu"
+) -> ClassStats:
+    """Per-class statistics of the classifier's input features over a loader (eval mode)."""
+    model.to(device).eval()
+    acc = ClassStatsAccumulator(num_classes)
+    for x, y in loader:
+        acc.update(head_input(model, x.to(device)).cpu(), y)
+    return acc.finish()
+
+
+def generic_diagnostics(
+    model: FedModel, loader: DataLoader, num_classes: int, device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """NC1, equinorm, equiangularity (and its gap to -1/(K-1)) and self-duality of a model on a test set."""
+    stats = feature_statistics(model, loader, num_classes, device)
+    m = nc_metrics(stats, classifier_vectors(model))
+    return {
+        "nc1": m["nc1"],
+        "nc_equinorm": m["equinorm"],
+        "nc_equiangularity": m["equiangularity"],
+        "nc_cos_gap": m["cos_gap"],
+        "nc_self_duality": m.get("self_duality", float("nan")),
+    }
+
+
+def client_diagnostics(
+    model: FedModel, probe: DataLoader, label_counts: torch.Tensor, device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """Angle collapse and space waste of a client's locally trained model.
+
+    ``probe`` is a small class-balanced set (the client has no samples of its
+    missing classes). Angles are between the classifier vectors of a learned
+    head, or between the probe's class-mean features under a fixed ETF (whose
+    vectors never move).
+    """
+    present = label_counts > 0
+    stats = feature_statistics(model, probe, len(label_counts), device)
+    fixed = hasattr(model.classifier, "etf")
+    vectors = stats.means if fixed else classifier_vectors(model)
+    out: dict[str, float] = {}
+    if vectors is not None:
+        angles = angle_collapse(vectors.to(torch.float64), present)
+        out.update(angle_missing=angles["missing_angle"], angle_present=angles["present_angle"])
+    out["space_missing_share"] = space_waste(stats, present)["missing_share"]
+    return out

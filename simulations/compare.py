@@ -26,8 +26,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib import rcParams
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from fedetf.io import atomic_path, atomic_write_text
 
 METHOD_KEYS = ("method", "strategy")
 NOT_USED = "-"
@@ -350,7 +353,7 @@ def plot_curves(
     views
         Metrics columns, one panel each.
     path
-        If given, save the figure there as PNG.
+        If given, save the figure there (format from its suffix, PNG without one), atomically.
     band
         ``"std"`` for mean ± std (ddof=0) over runs, ``"minmax"`` for the range.
 
@@ -383,7 +386,8 @@ def plot_curves(
     axes[-1].legend(fontsize=8, title=f"mean {'± std' if band == 'std' else 'and min–max'} over seeds")
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format=Path(path).suffix[1:] or rcParams["savefig.format"])
     return fig
 
 
@@ -432,9 +436,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(text)
     print("\n".join(notes))
     if args.markdown:
-        args.markdown.write_text(text + "\n\n" + "\n".join(notes) + "\n")
+        atomic_write_text(args.markdown, text + "\n\n" + "\n".join(notes) + "\n")
     if args.csv:
-        table.to_csv(args.csv)
+        atomic_write_text(args.csv, table.to_csv())
     if args.plot:
         plot_curves(
             runs,

@@ -66,6 +66,10 @@ class RunConfig:
     device: str = "auto"
     num_workers: int = 0
     output_dir: str = ""
+    diagnostics: bool = False
+    checkpoint_every: int = 1
+    resume: bool = False
+    fault_rate: float = 0.0
     #: Dotted method settings as given (``(("fedprox.mu", 0.1), ...)``), validated against their declarations.
     method_options: tuple[tuple[str, Any], ...] = ()
 
@@ -182,6 +186,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "pretrained_weights": _existing_file_or_empty,
     "loss": _one_of(lambda: ["auto", "ce", "focal"]),
     "num_workers": _at_least(0),
+    "checkpoint_every": _at_least(0),
     "classes_per_client": _at_least(1),
     "dirichlet_beta": _at_least(0, strict=True),
     "num_clients": _at_least(1),
@@ -263,6 +268,10 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
 
 def _check_combinations(cfg: RunConfig) -> None:
     k = cfg.num_classes
+    if not 0 <= cfg.fault_rate < 1:
+        raise _fail("fault_rate", cfg.fault_rate, "a number in [0, 1)")
+    if cfg.resume and not cfg.output_dir:
+        raise _fail("resume", cfg.resume, "true only with output-dir set to the run folder to continue")
     if not 0 < cfg.fraction_train <= 1:
         raise _fail("fraction_train", cfg.fraction_train, "a number in (0, 1]")
     info = DATASETS[cfg.dataset].info

@@ -26,23 +26,34 @@ class PartitionOrderedGrid(Grid):
         self.on_train_replies = on_train_replies
         self.partition_of: dict[int, int] = {}
         self.num_partitions: set[int] = set()
+        #: Per-partition records to add to that partition's next train message only (e.g. a state restore).
+        self.private_records: dict[int, dict[str, Any]] = {}
 
     def wait_for_nodes(
-        self, expected: int, settle: float = 3.0, timeout: float = 120.0, poll: float = 0.1
+        self,
+        expected: int,
+        settle: float = 3.0,
+        timeout: float = 120.0,
+        poll: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> list[int]:
         """Connected node ids, once ``expected`` are there, or the count has been steady and
         non-zero for ``settle`` seconds, or ``timeout`` has passed (nodes register
-        asynchronously: a ServerApp can start before any SuperNode is known)."""
-        start = time.monotonic()
+        asynchronously: a ServerApp can start before any SuperNode is known).
+
+        ``clock`` (seconds) and ``sleep`` are injectable so that tests need not wait.
+        """
+        start = clock()
         last, since = -1, start
         while True:
             nodes = list(self.inner.get_node_ids())
-            now = time.monotonic()
+            now = clock()
             if len(nodes) != last:
                 last, since = len(nodes), now
             if len(nodes) >= expected or (nodes and now - since >= settle) or now - start >= timeout:
                 return nodes
-            time.sleep(poll)
+            sleep(poll)
 
     def handshake(self, expected: int, timeout: float = 600.0) -> dict[int, int]:
         """Wait for ``expected`` nodes (see :meth:`wait_for_nodes`), ask each for
@@ -83,8 +94,21 @@ class PartitionOrderedGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self.inner.pull_messages(message_ids)
 
+    def _with_private_records(self, messages: list[Message]) -> list[Message]:
+        """Give each node its pending private records, in a message of its own (strategies share one content)."""
+        out = []
+        for msg in messages:
+            extra = self.private_records.pop(self.partition_of.get(msg.metadata.dst_node_id, -1), None)
+            if extra:
+                content = RecordDict({**dict(msg.content.items()), **extra})
+                msg = Message(content=content, dst_node_id=msg.metadata.dst_node_id, message_type=MessageType.TRAIN)
+            out.append(msg)
+        return out
+
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
+        if self.private_records and messages and messages[0].metadata.message_type == MessageType.TRAIN:
+            messages = self._with_private_records(messages)
         replies = sorted(
             self.inner.send_and_receive(messages, timeout=timeout), key=lambda m: self._order(m.metadata.src_node_id)
         )

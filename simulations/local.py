@@ -20,6 +20,7 @@ from flwr.common.config import flatten_dict
 from flwr.serverapp import Grid, ServerApp
 
 from simulations import client_app, server_app
+from simulations.faults import fault_injection_mod
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
@@ -34,11 +35,19 @@ class SimulationFailed(RuntimeError):
     """The ServerApp of a :func:`run_local` run did not finish."""
 
 
-def make_apps(overrides: dict[str, Any]) -> tuple[ServerApp, ClientApp, dict[str, Any]]:
+class Killed(SystemExit):
+    """Raised inside the ServerApp by ``stop_after_round``: like a kill, it leaves the run's files as they are."""
+
+
+def make_apps(
+    overrides: dict[str, Any], stop_after_round: int | None = None
+) -> tuple[ServerApp, ClientApp, dict[str, Any]]:
     """ServerApp and ClientApp that see the defaults plus ``overrides`` as run config.
 
     The third item records the ServerApp's outcome (``finished``, ``error``),
     since Flower's simulation engine logs a failed ServerApp instead of raising.
+    ``stop_after_round`` stops the ServerApp abruptly after that round's results
+    (for tests of resume).
     """
     run_config = {**default_run_config(), **overrides}
     outcome: dict[str, Any] = {"finished": False, "error": None}
@@ -51,7 +60,10 @@ def make_apps(overrides: dict[str, Any]) -> tuple[ServerApp, ClientApp, dict[str
 
         return handler
 
-    client = ClientApp()
+    def faults(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        return fault_injection_mod(msg, dataclasses.replace(context, run_config=dict(run_config)), call_next)
+
+    client = ClientApp(mods=[faults])
     client.train()(inject(client_app.train))
     client.evaluate()(inject(client_app.evaluate_local))
     client.query()(inject(client_app.query))
@@ -61,8 +73,13 @@ def make_apps(overrides: dict[str, Any]) -> tuple[ServerApp, ClientApp, dict[str
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
         context.run_config = dict(run_config)
+
+        def on_round(r: int) -> None:
+            if stop_after_round is not None and r >= stop_after_round:
+                raise Killed(f"stopped after round {r}")
+
         try:
-            server_app.main(grid, context)
+            server_app.main(grid, context, on_round)
         except BaseException as e:
             outcome["error"] = e
             raise
@@ -72,16 +89,21 @@ def make_apps(overrides: dict[str, Any]) -> tuple[ServerApp, ClientApp, dict[str
 
 
 def run_local(
-    overrides: dict[str, Any], num_supernodes: int | None = None, num_cpus: float = 1, num_gpus: float = 0.0
+    overrides: dict[str, Any],
+    num_supernodes: int | None = None,
+    num_cpus: float = 1,
+    num_gpus: float = 0.0,
+    stop_after_round: int | None = None,
 ) -> None:
     """Run one experiment on the Ray backend; ``num_supernodes`` defaults to ``num-clients``.
 
     Raises :class:`SimulationFailed` (chained to the ServerApp's exception, if
-    any) when the run does not finish.
+    any) when the run does not finish, unless it was stopped on purpose by
+    ``stop_after_round``.
     """
     from flwr.simulation import run_simulation
 
-    server, client, outcome = make_apps(overrides)
+    server, client, outcome = make_apps(overrides, stop_after_round)
     nodes = num_supernodes or int({**default_run_config(), **overrides}["num-clients"])
     run_simulation(
         server_app=server,
@@ -89,7 +111,7 @@ def run_local(
         num_supernodes=nodes,
         backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus}},
     )
-    if not outcome["finished"]:
+    if not outcome["finished"] and not isinstance(outcome["error"], Killed):
         error = outcome["error"]
         if isinstance(error, SystemExit):
             reason = f"the ServerApp exited with status {error.code} (its error is in the log above)"

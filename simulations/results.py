@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from datetime import datetime
 from importlib import metadata
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from fedetf.io import atomic_write_text
 
 METRIC_COLUMNS = [
     "round",
@@ -90,13 +91,6 @@ def fresh_output_dir(output_dir: str, method: str, dataset: str) -> Path:
     raise FileExistsError(f"cannot create a fresh folder near {base}")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -107,16 +101,52 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-class RunRecorder:
-    """Collects per-round and per-client rows and writes them atomically."""
+DIAGNOSTIC_METRIC_COLUMNS = [
+    "nc1",
+    "nc_equinorm",
+    "nc_equiangularity",
+    "nc_cos_gap",
+    "nc_self_duality",
+    "angle_missing",
+    "angle_present",
+    "space_missing_share",
+]
+DIAGNOSTIC_CLIENT_COLUMNS = ["angle_missing", "angle_present", "space_missing_share"]
 
-    def __init__(self, out_dir: Path, config: dict[str, Any]) -> None:
+
+class RunRecorder:
+    """Collects per-round and per-client rows and writes them atomically after every round.
+
+    ``run.json`` carries a ``heartbeat`` (time of the last write) and the writer's
+    ``pid``: a run whose status is ``running`` but whose heartbeat is old was
+    killed (see :func:`run_state`).
+    """
+
+    def __init__(self, out_dir: Path, config: dict[str, Any], diagnostics: bool = False) -> None:
         self.out_dir = out_dir
         self.config = config
+        self.metric_columns = METRIC_COLUMNS + (DIAGNOSTIC_METRIC_COLUMNS if diagnostics else [])
+        self.client_columns = CLIENT_COLUMNS + (DIAGNOSTIC_CLIENT_COLUMNS if diagnostics else [])
         self.rounds: list[dict[str, Any]] = []
         self.clients: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {"start": time.time()}
         self.extra: dict[str, Any] = {}
+
+    @classmethod
+    def resume(cls, out_dir: Path, config: dict[str, Any], diagnostics: bool, up_to_round: int) -> RunRecorder:
+        """The recorder of an interrupted run, with its rows up to ``up_to_round`` (later ones are redone)."""
+        rec = cls(out_dir, config, diagnostics)
+        info = json.loads((out_dir / "run.json").read_text())
+        metrics = pd.read_csv(out_dir / "metrics.csv")
+        clients = pd.read_csv(out_dir / "clients.csv")
+        rec.rounds = metrics[metrics["round"] <= up_to_round].to_dict("records")
+        rec.clients = clients[clients["round"] <= up_to_round].to_dict("records")
+        rec.timings = {k: v for k, v in info.get("timings", {}).items() if k == "start"} or rec.timings
+        rec.extra["resumes"] = [
+            *info.get("resumes", []),
+            {"time": time.time(), "from_round": up_to_round, "last_heartbeat": info.get("heartbeat")},
+        ]
+        return rec
 
     def add_clients(self, rows: list[dict[str, Any]]) -> None:
         self.clients.extend(rows)
@@ -127,27 +157,50 @@ class RunRecorder:
 
     @property
     def metrics(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rounds, columns=METRIC_COLUMNS)
+        return pd.DataFrame(self.rounds, columns=self.metric_columns)
 
-    def write(self, finished: bool = False) -> None:
-        _atomic_write(self.out_dir / "metrics.csv", self.metrics.to_csv(index=False))
-        _atomic_write(
-            self.out_dir / "clients.csv", pd.DataFrame(self.clients, columns=CLIENT_COLUMNS).to_csv(index=False)
+    def write(self, status: str = "running", error: str = "") -> None:
+        """Write the three files; ``status`` is ``running``, ``finished`` or ``failed`` (with ``error``)."""
+        atomic_write_text(self.out_dir / "metrics.csv", self.metrics.to_csv(index=False))
+        atomic_write_text(
+            self.out_dir / "clients.csv", pd.DataFrame(self.clients, columns=self.client_columns).to_csv(index=False)
         )
         timings = dict(self.timings)
-        if finished:
+        if status != "running":
             timings["end"] = time.time()
             timings["total_seconds"] = timings["end"] - timings["start"]
         info = {
             "config": self.config,
             "seed": self.config.get("seed"),
-            "status": "finished" if finished else "running",
+            "status": status,
+            **({"error": error} if error else {}),
+            "heartbeat": time.time(),
+            "pid": os.getpid(),
+            "host": platform.node(),
             "versions": package_versions(),
             "timings": timings,
-            "summary": summarize(self.metrics) if finished and self.rounds else {},
+            "summary": summarize(self.metrics) if status == "finished" and self.rounds else {},
             **self.extra,
         }
-        _atomic_write(self.out_dir / "run.json", json.dumps(info, indent=2, default=str))
+        atomic_write_text(self.out_dir / "run.json", json.dumps(info, indent=2, default=str))
+
+
+def run_state(run_dir: Path, stale_after: float = 600.0) -> str:
+    """``finished``, ``failed``, ``running`` or ``interrupted`` (status running, no heartbeat for ``stale_after``
+    seconds, or the writing process is gone on this machine)."""
+    info = json.loads((run_dir / "run.json").read_text())
+    status = info.get("status", "running")
+    if status != "running":
+        return status
+    pid, beat = info.get("pid"), info.get("heartbeat", 0)
+    if pid and platform.node() == info.get("host", platform.node()):
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return "interrupted"
+        except PermissionError:
+            pass
+    return "interrupted" if time.time() - float(beat) > stale_after else "running"
 
 
 def summarize(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from logging import ERROR, INFO
+from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,10 +17,12 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedetf.methods import LocalMethod
-from fedetf.train import evaluate
+from fedetf.train import evaluate, generic_diagnostics
+from simulations import checkpoint
+from simulations.client_app import STATE_REPLY, STATE_RESTORE
 from simulations.config import ConfigError, RunConfig, parse_run_config
 from simulations.grid import PartitionOrderedGrid
-from simulations.results import RunRecorder, format_summary, fresh_output_dir
+from simulations.results import DIAGNOSTIC_CLIENT_COLUMNS, RunRecorder, format_summary, fresh_output_dir
 from simulations.task import device, federation, make_method, model_buffer
 from strategies.registry import StrategyError, build_strategy, server_class
 
@@ -68,14 +73,14 @@ def _notes(cfg: RunConfig) -> list[str]:
 
 
 @app.main()
-def main(grid: Grid, context: Context) -> None:
-    """Run one federated experiment end to end."""
+def main(grid: Grid, context: Context, on_round: Callable[[int], None] | None = None) -> None:
+    """Run one federated experiment end to end (``on_round(r)`` after round r's results: a test hook)."""
     try:
         cfg, strategy = _prepare(context)
     except (ConfigError, StrategyError, ValueError, RuntimeError) as exc:
         log(ERROR, "%s", str(exc).splitlines()[0])
         raise SystemExit(2) from None
-    run(grid, cfg, strategy)
+    run(grid, cfg, strategy, on_round)
 
 
 def _client_rows(replies: list[Message]) -> list[dict[str, Any]]:
@@ -98,6 +103,7 @@ def _client_rows(replies: list[Message]) -> list[dict[str, Any]]:
                 "num_batches": int(m["num-batches"]),
                 "correct": int(m["personal-correct"]),
                 "correct_before": int(m["personal-correct-before"]),
+                **{c: m[c.replace("_", "-")] for c in DIAGNOSTIC_CLIENT_COLUMNS if c.replace("_", "-") in m},
             }
         )
     return rows
@@ -122,6 +128,7 @@ def _round_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "num_clients": len(rows),
         "train_examples": n_train,
         "test_examples": n_test,
+        **{c: float(np.nanmean([r[c] for r in rows])) for c in DIAGNOSTIC_CLIENT_COLUMNS if rows and c in rows[0]},
     }
 
 
@@ -142,99 +149,197 @@ def _describe(recorder: RunRecorder, cfg: RunConfig, method: LocalMethod, strate
     )
 
 
-def run(grid: Grid, cfg: RunConfig, strategy: Any) -> RunRecorder:
-    """Run ``strategy`` for ``cfg`` on ``grid``; return the recorder with all results."""
-    random.seed(cfg.seed)  # Flower's node sampling uses the global `random`
-    torch.manual_seed(cfg.seed)
-    fed = federation(cfg)
-    method = make_method(cfg)
-    dev = device(cfg)
-    model, initial = model_buffer(method)
-    test_loader = fed.global_test_loader(cfg.num_workers)
-    pending: dict[str, Any] = {}
+class _Run:
+    """The ServerApp's side of one run: collects client rows and states, evaluates, records, checkpoints."""
 
-    def on_train_replies(replies: list[Message]) -> None:
+    def __init__(
+        self, cfg: RunConfig, strategy: Any, recorder: RunRecorder, offset: int, on_round: Callable[[int], None] | None
+    ) -> None:
+        self.cfg, self.strategy, self.recorder, self.offset = cfg, strategy, recorder, offset
+        self.on_round = on_round
+        self.fed = federation(cfg)
+        self.method = make_method(cfg)
+        self.dev = device(cfg)
+        self.model, self.initial = model_buffer(self.method)
+        self.test_loader = self.fed.global_test_loader(cfg.num_workers)
+        self.pending: dict[str, Any] = {}
+        self.client_states: dict[int, dict[str, torch.Tensor]] = {}
+        self.round_start = time.time()
+
+    @property
+    def send_states(self) -> bool:
+        """Clients send their state with replies only when there is a checkpoint to put it in."""
+        return self.cfg.checkpoint_every > 0
+
+    def on_train_replies(self, replies: list[Message]) -> None:
         failed = [r for r in replies if r.has_error()]
         if replies and len(failed) == len(replies):
             reason = failed[0].error.reason.strip().splitlines()[-1]
             raise RuntimeError(f"all {len(replies)} sampled clients failed this round; first error: {reason}")
-        pending["clients"] = _client_rows(replies)
-        pending["failed"] = len(failed)
+        for r in replies:  # states go to the checkpoint, never to the strategy
+            if not r.has_error() and STATE_REPLY in r.content:
+                pid = int(r.content["metrics"]["partition-id"])
+                self.client_states[pid] = dict(r.content[STATE_REPLY].to_torch_state_dict())
+                del r.content[STATE_REPLY]
+        self.pending["clients"] = _client_rows(replies)
+        self.pending["failed"] = len(failed)
 
-    ordered = PartitionOrderedGrid(grid, on_train_replies)
-    try:
-        _check_nodes(ordered, cfg)
-        out_dir = fresh_output_dir(cfg.output_dir, cfg.method, cfg.dataset)
-    except (SetupError, FileExistsError) as exc:
-        log(ERROR, "%s", exc)
-        raise SystemExit(2) from None
-    for note in _notes(cfg):
-        log(INFO, "note: %s", note)
-    recorder = RunRecorder(out_dir, cfg.to_dict())
-    _describe(recorder, cfg, method, strategy)
-    log(
-        INFO,
-        "fedetf: method %s, server %s, on %s/%s, %d clients; results -> %s",
-        method.name,
-        type(strategy).__name__,
-        cfg.dataset,
-        cfg.partition,
-        cfg.num_clients,
-        out_dir,
-    )
-    round_start = [time.time()]
-
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        method.load(model, arrays.to_torch_state_dict(), initial, {}, _received(strategy))
-        gen = evaluate(model, test_loader, personal=False, device=dev)
+    def evaluate_fn(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        cfg, method = self.cfg, self.method
+        true_round = server_round + self.offset
+        method.load(self.model, arrays.to_torch_state_dict(), self.initial, {}, _received(self.strategy))
+        gen = evaluate(self.model, self.test_loader, personal=False, device=self.dev)
         if not np.isfinite(gen.loss) and gen.num_examples:
             raise RuntimeError(
-                f"the global model became non-finite after round {server_round}; lower lr "
+                f"the global model became non-finite after round {true_round}; lower lr "
                 f"(now {cfg.lr}) or, for ETF methods, raise the temperature"
             )
-        if server_round == 0:
-            log(INFO, "round 0 (initial model): generic acc %.4f", gen.acc)
-            round_start[0] = time.time()
-            return MetricRecord({"generic-acc": gen.acc, "generic-bacc": gen.bacc})
-        rows = pending.pop("clients", [])
+        metrics = MetricRecord({"generic-acc": gen.acc, "generic-bacc": gen.bacc})
+        if server_round == 0:  # the initial (or resumed) model: nothing new to record
+            log(
+                INFO,
+                "round %d (%s model): generic acc %.4f",
+                true_round,
+                "resumed" if true_round else "initial",
+                gen.acc,
+            )
+            self.round_start = time.time()
+            return metrics
+        rows = self.pending.pop("clients", [])
         for row in rows:
-            row["round"] = server_round
-        recorder.add_clients([{k: v for k, v in row.items() if not k.startswith("correct")} for row in rows])
+            row["round"] = true_round
+        self.recorder.add_clients([{k: v for k, v in row.items() if not k.startswith("correct")} for row in rows])
+        diagnostics = {}
+        if cfg.diagnostics:
+            diagnostics = generic_diagnostics(self.model, self.test_loader, self.fed.info.num_classes, self.dev)
         now = time.time()
         row = {
-            "round": server_round,
+            "round": true_round,
             "generic_acc": gen.acc,
             "generic_bacc": gen.bacc,
             "generic_loss": gen.loss,
             **_round_row(rows),
-            "failed_clients": pending.pop("failed", 0),
-            "round_seconds": now - round_start[0],
+            "failed_clients": self.pending.pop("failed", 0),
+            "round_seconds": now - self.round_start,
+            **diagnostics,
         }
-        recorder.add_round(row)
-        round_start[0] = now
+        self.recorder.add_round(row)  # results first: a checkpoint never runs ahead of them
+        every = cfg.checkpoint_every
+        if every and (true_round % every == 0 or true_round == cfg.num_server_rounds):
+            checkpoint.save(
+                self.recorder.out_dir,
+                server_round=true_round,
+                arrays=arrays,
+                strategy=self.strategy,
+                client_states=self.client_states,
+                config=self.recorder.config,
+            )
+        self.round_start = time.time()
         log(
             INFO,
             "round %d: personal acc %.4f (before training %.4f) | generic acc %.4f bacc %.4f | train loss %.4f",
-            server_round,
+            true_round,
             row["personal_acc"],
             row["personal_acc_before"],
             gen.acc,
             gen.bacc,
             row["train_loss"],
         )
-        return MetricRecord({"generic-acc": gen.acc, "generic-bacc": gen.bacc, "personal-acc": row["personal_acc"]})
+        metrics["personal-acc"] = row["personal_acc"]
+        if self.on_round is not None:
+            self.on_round(true_round)
+        return metrics
 
-    t0 = time.time()
-    strategy.start(
-        grid=ordered,
-        initial_arrays=ArrayRecord(method.shared_state(model)),
-        num_rounds=cfg.num_server_rounds,
-        train_config=ConfigRecord({"method": method.name, "local-epochs": cfg.local_epochs}),
-        evaluate_config=ConfigRecord({"method": method.name}),
-        evaluate_fn=evaluate_fn,
+
+def _resume_point(cfg: RunConfig, strategy: Any) -> tuple[Path, dict[str, Any]]:
+    """Check that ``cfg.output_dir`` holds an unfinished run of the same config; load its checkpoint."""
+    out = Path(cfg.output_dir)
+    info_path = out / "run.json"
+    if not info_path.is_file():
+        raise SetupError(f"cannot resume: {info_path} does not exist; allowed: resume=true on an interrupted run")
+    info = json.loads(info_path.read_text())
+    if info.get("status") == "finished":
+        raise SetupError(f"cannot resume: the run in {out} finished; start a new one with another output-dir")
+    payload = checkpoint.load(out)
+    ours = {k: v for k, v in cfg.to_dict().items() if k != "resume"}
+    theirs = {k: v for k, v in payload["config"].items() if k != "resume"}
+    if ours != theirs:
+        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        shown = ", ".join(f"{k}={theirs.get(k)!r} (now {ours.get(k)!r})" for k in diff[:3])
+        raise SetupError(f"cannot resume {out}: its config differs in {shown}; resume with the same config")
+    if payload["round"] >= cfg.num_server_rounds:
+        raise SetupError(f"cannot resume: the checkpoint in {out} is at the last round {payload['round']}")
+    return out, payload
+
+
+def run(grid: Grid, cfg: RunConfig, strategy: Any, on_round: Callable[[int], None] | None = None) -> RunRecorder:
+    """Run ``strategy`` for ``cfg`` on ``grid`` (or continue it, with ``resume``); return the recorder."""
+    random.seed(cfg.seed)  # Flower's node sampling uses the global `random`
+    torch.manual_seed(cfg.seed)
+    try:
+        if cfg.resume:
+            out_dir, payload = _resume_point(cfg, strategy)
+        else:
+            out_dir, payload = fresh_output_dir(cfg.output_dir, cfg.method, cfg.dataset), None
+    except (SetupError, FileExistsError, checkpoint.CheckpointError) as exc:
+        log(ERROR, "%s", exc)
+        raise SystemExit(2) from None
+    offset = payload["round"] if payload else 0
+    config = {k: v for k, v in cfg.to_dict().items() if k != "resume"}
+    recorder = (
+        RunRecorder.resume(out_dir, config, cfg.diagnostics, offset)
+        if payload
+        else RunRecorder(out_dir, config, cfg.diagnostics)
     )
-    recorder.timings["train_seconds"] = time.time() - t0
-    recorder.write(finished=True)
+    state = _Run(cfg, strategy, recorder, offset, on_round)
+    ordered = PartitionOrderedGrid(grid, state.on_train_replies)
+    try:
+        _check_nodes(ordered, cfg)
+    except SetupError as exc:
+        log(ERROR, "%s", exc)
+        raise SystemExit(2) from None
+    initial_arrays = ArrayRecord(state.method.shared_state(state.initial))  # not the model: a reused buffer
+    if hasattr(strategy, "round_offset"):
+        strategy.round_offset = offset
+    if payload:
+        checkpoint.restore_strategy(strategy, payload["strategy"])
+        checkpoint.restore_random(payload)
+        initial_arrays = checkpoint.global_arrays(payload)
+        state.client_states = checkpoint.client_states(payload)
+        ordered.private_records = {pid: {STATE_RESTORE: ArrayRecord(s)} for pid, s in state.client_states.items()}
+        log(INFO, "resuming %s after round %d", out_dir, offset)
+    for note in _notes(cfg):
+        log(INFO, "note: %s", note)
+    _describe(recorder, cfg, state.method, strategy)
+    log(
+        INFO,
+        "fedetf: method %s, server %s, on %s/%s, %d clients; results -> %s",
+        state.method.name,
+        type(strategy).__name__,
+        cfg.dataset,
+        cfg.partition,
+        cfg.num_clients,
+        out_dir,
+    )
+    recorder.write()
+    t0 = time.time()
+    train_config = {"method": state.method.name, "local-epochs": cfg.local_epochs, "round-offset": offset}
+    if state.send_states:
+        train_config["send-state"] = True
+    try:
+        strategy.start(
+            grid=ordered,
+            initial_arrays=initial_arrays,
+            num_rounds=cfg.num_server_rounds - offset,
+            train_config=ConfigRecord(train_config),
+            evaluate_config=ConfigRecord({"method": state.method.name}),
+            evaluate_fn=state.evaluate_fn,
+        )
+    except Exception as exc:
+        recorder.write(status="failed", error=str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+        raise
+    recorder.timings["train_seconds"] = recorder.timings.get("train_seconds", 0.0) + time.time() - t0
+    recorder.write(status="finished")
     log(INFO, "fedetf results in %s\n%s", out_dir, format_summary(recorder.metrics))
     return recorder
 

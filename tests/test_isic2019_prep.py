@@ -567,9 +567,23 @@ def test_cli_prepare_subprocess(fake: FakeIsic, tmp_path: Path) -> None:
         timeout=120,
     )
     assert res.returncode == 0, res.stderr
+    assert "RuntimeWarning" not in res.stderr, res.stderr
     assert "0 BCN" in res.stdout and "5 vienna_dias" in res.stdout
     assert "differs from the FLamby table" in res.stdout
     assert json.loads((out / "manifest.json").read_text())["num_images"] == len(fake.table)
+
+
+def test_cli_help_runs_without_runtime_warning() -> None:
+    # runpy warns when `python -m data_prep.isic2019` finds the module imported already (by data_prep/__init__).
+    res = subprocess.run(
+        [sys.executable, "-W", "default", "-m", "data_prep.isic2019", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0 and res.stdout.startswith("usage: python -m data_prep.isic2019"), res.stderr
+    assert "RuntimeWarning" not in res.stderr, res.stderr
 
 
 def test_cli_errors_are_one_line(fake: FakeIsic, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

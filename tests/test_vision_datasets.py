@@ -7,6 +7,8 @@ import json
 import pickle
 import shutil
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +19,11 @@ import torch
 import torchvision.datasets as tvd
 
 from data_prep import vision
-from data_prep.datasets import DATASETS
+from data_prep.datasets import DATASETS, CorruptCacheError, DatasetError
 from data_prep.federated import load_dataset, load_federation
+from fedetf.io import TEMP_GLOB
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NAMES = ("mnist", "fmnist", "cifar10", "cifar100", "svhn")
 SIZES = {"train": 10, "test": 4}
@@ -170,26 +175,34 @@ def _clear_caches():
     load_federation.cache_clear()
 
 
+#: Published facts: (classes, channels, image side, default model, training augmentation, first class name).
+KNOWN = {
+    "digits": (10, 1, 8, "cnn", "none", "0"),
+    "mnist": (10, 1, 28, "cnn", "none", "0"),
+    "fmnist": (10, 1, 28, "cnn", "none", "T-shirt/top"),
+    "cifar10": (10, 3, 32, "resnet18", "crop-flip", "airplane"),
+    "cifar100": (100, 3, 32, "resnet18", "crop-flip", "apple"),
+    "svhn": (10, 3, 32, "cnn", "crop", "0"),
+    "fed-isic2019": (8, 3, 200, "efficientnet_b0", "none", "MEL"),
+}
+
+
 def test_registry_entries() -> None:
-    shapes = {"mnist": (10, 1, 28), "fmnist": (10, 1, 28), "cifar10": (10, 3, 32), "cifar100": (100, 3, 32)}
-    shapes["svhn"] = (10, 3, 32)
-    models = {"mnist": "cnn", "fmnist": "cnn", "svhn": "cnn", "cifar10": "resnet18", "cifar100": "resnet18"}
-    assert vision.TRAIN_AUGMENT == {
-        "cifar10": "crop-flip",
-        "cifar100": "crop-flip",
-        "svhn": "crop",
-        "mnist": "none",
-        "fmnist": "none",
-    }
-    for name in NAMES:
+    assert set(KNOWN) <= set(DATASETS)
+    for name, (classes, channels, side, model, augment, first) in KNOWN.items():
         info = DATASETS[name].info
-        assert (info.num_classes, info.in_channels, info.image_size) == shapes[name]
-        assert info.default_model == models[name] and info.train_augment == vision.TRAIN_AUGMENT[name]
-        assert len(info.mean) == len(info.std) == info.in_channels
-        assert all(0 < m < 1 for m in info.mean) and all(0 < s < 1 for s in info.std)
-        assert len(info.class_names) == len(set(info.class_names)) == info.num_classes
+        assert info.name == name
+        assert (info.num_classes, info.in_channels, info.image_size) == (classes, channels, side), name
+        assert (info.default_model, info.train_augment) == (model, augment), name
+        assert len(info.class_names) == len(set(info.class_names)) == classes and info.class_names[0] == first, name
+        assert len(info.mean) == len(info.std) == channels, name
+    # The published per-channel statistics (on 0..1), spot-checked.
+    assert DATASETS["mnist"].info.mean == (0.1307,) and DATASETS["mnist"].info.std == (0.3081,)
     assert DATASETS["cifar10"].info.mean == (0.4914, 0.4822, 0.4465)
-    assert DATASETS["mnist"].info.mean == (0.1307,)
+    assert DATASETS["cifar100"].info.std == (0.2673, 0.2564, 0.2762)
+    assert DATASETS["cifar100"].info.class_names[-1] == "worm"
+    assert DATASETS["fmnist"].info.class_names[-1] == "Ankle boot"
+    assert DATASETS["fed-isic2019"].info.natural_clients == 6 and DATASETS["fed-isic2019"].info.default_loss == "focal"
 
 
 def test_resolve_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -219,7 +232,7 @@ def test_round_trip_and_cache_reuse(name: str, tmp_path: Path, monkeypatch: pyte
         "y_test.npy",
         "y_train.npy",
     ]
-    assert not list(folder.glob("*.tmp"))
+    assert not list(folder.glob(TEMP_GLOB))
     marker = json.loads((folder / "done.json").read_text())
     assert marker["dataset"] == name and marker["arrays"]["x_train"]["shape"] == list(exp["x_train"].shape)
     np.testing.assert_array_equal(np.load(folder / "y_test.npy"), exp["y_test"])
@@ -276,7 +289,7 @@ def test_crash_while_writing_leaves_no_marker(tmp_path: Path, monkeypatch: pytes
     def crash_on_third(file, arr, **kwargs):
         calls.append(1)
         if len(calls) == 3:
-            file.write(b"partial")
+            Path(file).write_bytes(b"partial")
             raise KeyboardInterrupt
         return real_save(file, arr, **kwargs)
 
@@ -285,9 +298,86 @@ def test_crash_while_writing_leaves_no_marker(tmp_path: Path, monkeypatch: pytes
         _load("cifar10", tmp_path)
     folder = tmp_path / "fedetf-cache" / "cifar10"
     assert not (folder / "done.json").exists() and not (folder / "x_test.npy").exists()
-    assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*.tmp"))
+    assert not list(folder.glob(TEMP_GLOB))
     monkeypatch.setattr(np, "save", real_save)
     _assert_matches(_load("cifar10", tmp_path), exp)
+
+
+def _cached(name: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Build ``name``'s cache from the tiny original files, then delete those: only the cache is left."""
+    WRITERS[name](root, monkeypatch)
+    _load(name, root)
+    _remove_raw(root, name)
+    load_dataset.cache_clear()
+    return root / "fedetf-cache" / name
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-7])
+
+
+def _append(path: Path) -> None:
+    with open(path, "ab") as f:
+        f.write(bytes(16))
+
+
+def _garble_header(path: Path) -> None:
+    path.write_bytes(b"garbage!" + path.read_bytes()[8:])
+
+
+DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "truncated": (_truncate, r"is truncated or damaged \(mmap length is greater than file size\)"),
+    "trailing-bytes": (_append, r"has \d+ bytes, \d+ expected"),
+    "garbled-header": (_garble_header, r"is truncated or damaged \("),
+    "missing": (Path.unlink, r"is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("name, key", [("mnist", "x_train"), ("cifar10", "y_test")])
+def test_damaged_cache_file_is_named_with_the_fix(
+    name: str, key: str, damage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _cached(name, tmp_path, monkeypatch)
+    path = folder / f"{key}.npy"
+    spoil, problem = DAMAGES[damage]
+    spoil(path)
+    with pytest.raises(CorruptCacheError, match=problem) as err:
+        load_federation(name, "iid", 2, 0, options=tuple(_options(tmp_path).items()))
+    msg = str(err.value)
+    assert msg.startswith(f"dataset '{name}': cache file {path} ") and "\n" not in msg
+    assert msg.endswith(f"; delete {folder} to rebuild it from the original files")
+    assert isinstance(err.value, ValueError)  # the ServerApp reports ValueErrors as one line, no traceback
+
+
+def test_damaged_labels_and_marker_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _cached("mnist", tmp_path, monkeypatch)
+    y = np.load(folder / "y_train.npy")
+    y[3] = 10
+    np.save(folder / "y_train.npy", y)  # same shape, dtype and size: only the values are wrong
+    with pytest.raises(CorruptCacheError, match=r"y_train\.npy holds labels outside 0\.\.9; delete "):
+        _load("mnist", tmp_path)
+    (folder / "done.json").write_text('{"format": "fedetf-vision-cache", "vers')
+    with pytest.raises(CorruptCacheError, match=r"cache file .*done\.json is unreadable \(.*\); delete "):
+        _load("mnist", tmp_path)
+
+
+def test_deleting_the_damaged_cache_rebuilds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _cached("svhn", tmp_path, monkeypatch)
+    _truncate(folder / "x_test.npy")
+    with pytest.raises(CorruptCacheError):
+        _load("svhn", tmp_path)
+    shutil.rmtree(folder)  # the fix the message names
+    exp = write_svhn(tmp_path, monkeypatch)
+    _assert_matches(_load("svhn", tmp_path), exp)
+
+
+def test_fetch_command_reports_a_damaged_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    folder = _cached("fmnist", tmp_path, monkeypatch)
+    _append(folder / "y_test.npy")
+    assert vision.main(["fmnist", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"fmnist: dataset 'fmnist': cache file {folder / 'y_test.npy'} has ") and err.count("\n") == 1
 
 
 def test_unwritable_cache_falls_back_to_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -308,7 +398,7 @@ def test_missing_files_one_line_error(name: str, tmp_path: Path) -> None:
     with pytest.raises(vision.DatasetMissingError) as err:
         _load(name, root)
     msg = str(err.value)
-    assert isinstance(err.value, FileNotFoundError) and "\n" not in msg
+    assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, DatasetError) and "\n" not in msg
     assert msg.startswith(f"dataset '{name}' not found in {root} (looked for {root}")
     assert f"python -m data_prep.vision {name} --root {root}" in msg
     assert f"dataset='{name}' download=true data-root='{root}'" in msg
@@ -382,3 +472,15 @@ def test_fetch_command_reports_failure(tmp_path: Path, monkeypatch: pytest.Monke
     assert vision.main(["mnist", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("mnist: Error downloading") and err.count("\n") == 1
+
+
+def test_module_entry_point_runs_without_runtime_warning() -> None:
+    res = subprocess.run(
+        [sys.executable, "-W", "default", "-m", "data_prep.vision", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0 and res.stdout.startswith("usage: python -m data_prep.vision"), res.stderr
+    assert "RuntimeWarning" not in res.stderr, res.stderr

@@ -224,9 +224,13 @@ class LocalMethod:
     def is_personal(self, key: str) -> bool:
         return key.startswith(self.personal_prefixes) if self.personal_prefixes else False
 
-    def shared_state(self, model: nn.Module) -> Tensors:
-        """The weights the client sends (and the server averages): all but the local ones."""
-        return {k: v for k, v in model.state_dict().items() if not self.is_local(k)}
+    def shared_state(self, model: nn.Module | Mapping[str, torch.Tensor]) -> Tensors:
+        """The weights the client sends (and the server averages): all but the local ones.
+
+        Takes a model or a state dict (e.g. the seeded initial state).
+        """
+        state = model.state_dict() if isinstance(model, nn.Module) else model
+        return {k: v for k, v in state.items() if not self.is_local(k)}
 
     def personal_state(self, model: nn.Module) -> Tensors:
         return {k: v for k, v in model.state_dict().items() if self.is_personal(k)}

@@ -1,0 +1,137 @@
+"""Checkpoints: everything a killed run needs to continue bit for bit, in a file with no pickled code.
+
+A checkpoint (``checkpoint.pt`` beside the results) holds the round, the global
+arrays, the strategy's own state (its plain attributes: FedAvgM's momentum,
+FedAdam's moments, SCAFFOLD's ``c``, a rotated ETF, ...), Python's and torch's
+random states on the server (Flower samples clients with ``random``), and the
+per-client states of stateful methods. It is written atomically and read
+with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+
+from fedetf.io import atomic_path
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = ("fedetf-checkpoint", 1)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the run; the message is one line."""
+
+
+def _encode(value: Any) -> Any:
+    """Strategy attributes as tensors and plain containers; ``_SKIP`` for what cannot be stored."""
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value).copy())}
+    if isinstance(value, ArrayRecord):
+        return {"__arrayrecord__": {k: torch.from_numpy(a.numpy().copy()) for k, a in value.items()}}
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        items = {k: _encode(v) for k, v in value.items()}
+        return _SKIP if any(v is _SKIP for v in items.values()) else {"__dict__": items}
+    if isinstance(value, list | tuple):
+        items = [_encode(v) for v in value]
+        return _SKIP if any(v is _SKIP for v in items) else {"__list__": items}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return _SKIP
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "__ndarray__" in value:
+            return value["__ndarray__"].numpy()
+        if "__arrayrecord__" in value:
+            return ArrayRecord({k: Array(t.numpy()) for k, t in value["__arrayrecord__"].items()})
+        if "__dict__" in value:
+            return {k: _decode(v) for k, v in value["__dict__"].items()}
+        if "__list__" in value:
+            return [_decode(v) for v in value["__list__"]]
+    return value
+
+
+class _Skip:
+    pass
+
+
+_SKIP = _Skip()
+
+
+def strategy_state(strategy: Any) -> dict[str, Any]:
+    """The strategy's storable attributes (arrays, records, numbers, strings, containers of them)."""
+    out = {}
+    for name, value in vars(strategy).items():
+        encoded = _encode(value)
+        if encoded is not _SKIP:
+            out[name] = encoded
+    return out
+
+
+def restore_strategy(strategy: Any, state: dict[str, Any]) -> None:
+    for name, value in state.items():
+        setattr(strategy, name, _decode(value))
+
+
+def save(
+    out_dir: Path,
+    *,
+    server_round: int,
+    arrays: ArrayRecord,
+    strategy: Any,
+    client_states: dict[int, dict[str, torch.Tensor]],
+    config: dict[str, Any],
+) -> Path:
+    """Write ``out_dir/checkpoint.pt`` atomically."""
+    version, internal, gauss = random.getstate()
+    payload = {
+        "format": list(FORMAT),
+        "round": server_round,
+        "config": config,
+        "arrays": {k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()},
+        "strategy": strategy_state(strategy),
+        "python_random": [version, list(internal), gauss],
+        "torch_random": torch.get_rng_state(),
+        "client_states": {str(pid): dict(s) for pid, s in client_states.items()},
+    }
+    path = out_dir / CHECKPOINT
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load(out_dir: Path) -> dict[str, Any]:
+    """Read a checkpoint (no code is unpickled); raise :class:`CheckpointError` with one line."""
+    path = out_dir / CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume: {path} does not exist (the run wrote no checkpoint; start it afresh)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise CheckpointError(
+            f"cannot resume: {path} is unreadable ({type(exc).__name__}); start the run afresh"
+        ) from None
+    if not isinstance(payload, dict) or tuple(payload.get("format", ())) != FORMAT:
+        raise CheckpointError(f"cannot resume: {path} is not a fedetf checkpoint of format {FORMAT}")
+    return payload
+
+
+def restore_random(payload: dict[str, Any]) -> None:
+    version, internal, gauss = payload["python_random"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(payload["torch_random"])
+
+
+def global_arrays(payload: dict[str, Any]) -> ArrayRecord:
+    return ArrayRecord({k: Array(t.numpy()) for k, t in payload["arrays"].items()})
+
+
+def client_states(payload: dict[str, Any]) -> dict[int, dict[str, torch.Tensor]]:
+    return {int(pid): dict(s) for pid, s in payload["client_states"].items()}

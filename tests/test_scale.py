@@ -1,0 +1,464 @@
+"""Beyond one process: logical GPUs, a two-node Ray cluster and Flower's deployment engine, all on loopback.
+
+Every test starts real ``flwr`` / ``flower-*`` / ``ray`` processes and stops
+exactly the ones it started (by process id and their process trees; never
+``ray stop``, which stops every Ray on the machine). They are slow (about a
+minute each on 2 cores) and marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.userpkg.placement_probe import read_log
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+FLWR = shutil.which("flwr", path=str(BIN))
+RAY = shutil.which("ray", path=str(BIN))
+PROBE = "tests.userpkg.placement_probe:PlacementProbe"
+needs_flwr = pytest.mark.skipif(FLWR is None, reason="flwr CLI not in the venv")
+
+
+# -- processes -------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids of every process (from /proc)."""
+    tree: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            ppid = int(text[text.rindex(")") + 2 :].split()[1])
+            tree.setdefault(ppid, []).append(int(stat.parent.name))
+    return tree
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(tree.get(p, []))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _stop(pids: list[int], groups: list[int] = (), grace: float = 10.0) -> None:
+    """SIGTERM these processes, their descendants and the process groups ``groups``; SIGKILL what is left."""
+    targets = sorted({q for p in pids for q in _tree(p)})
+    for g in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(g, signal.SIGTERM)
+    for p in targets:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in targets):
+        time.sleep(0.2)
+    for g in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(g, signal.SIGKILL)
+    for p in targets:
+        if _alive(p):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGKILL)
+
+
+def _superlink_on(port: str) -> list[int]:
+    """Pids of ``flower-superlink`` processes whose argv holds ``--port <port>`` (the local one flwr spawned)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
+            if any(a.endswith("flower-superlink") for a in argv[:2]) and any(
+                a == "--port" and b == port for a, b in zip(argv, argv[1:], strict=False)
+            ):
+                found.append(int(cmdline.parent.name))
+    return found
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    """An environment with its own FLWR_HOME, local-SuperLink ports and Ray temp dir."""
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+        "RAY_TMPDIR": tempfile.mkdtemp(prefix="rt", dir="/tmp"),  # short: Ray's socket paths are length-limited
+        "RAY_DEDUP_LOGS": "0",
+    }
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def _local_superlink_stopped(env: dict[str, str]) -> Iterator[None]:
+    """Stop the local SuperLink (and its children) that ``flwr run`` spawns for ``env``'s port, afterwards."""
+    try:
+        yield
+    finally:
+        _stop(_superlink_on(env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]))
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+
+
+def _flwr_run(env: dict[str, str], *args: str, timeout: float = 300) -> str:
+    res = subprocess.run([FLWR, "run", ".", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return res.stdout + res.stderr
+
+
+def _probe_config(log_dir: Path, extra: str) -> str:
+    return f"method='{PROBE}' method-args='{{\"log-dir\": \"{log_dir}\"}}' {extra}"
+
+
+def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start ``cmd`` in a session of its own (its process group is stopped as a whole)."""
+    with log.open("w") as f:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+# -- (a) logical GPUs ------------------------------------------------------------------------------
+
+
+@needs_flwr
+def test_logical_gpus_run_four_clients_at_once_each_on_its_ray_gpu(tmp_path: Path) -> None:
+    """2 logical GPUs, 0.5 GPU per client: 4 actors run together; each reads the GPU id Ray gave it."""
+    env = _env(tmp_path / "flwr-home")
+    logs = tmp_path / "probe"
+    logs.mkdir()
+    fed = "num-supernodes=4 init-args-num-gpus=2 init-args-num-cpus=4 client-resources-num-cpus=1"
+    fed += " client-resources-num-gpus=0.5"
+    run = _probe_config(logs, f"num-clients=4 num-server-rounds=2 local-epochs=8 output-dir='{tmp_path / 'out'}'")
+    with _local_superlink_stopped(env):
+        log = _flwr_run(env, "--stream", "--federation-config", fed, "--run-config", run)
+    lines = read_log(logs)
+    assert len(lines) == 8, log[-3000:]
+    cuda = torch.cuda.is_available()
+    for line in lines:
+        ray = line["ray"]
+        assert ray["resources"] == {"CPU": 1.0, "GPU": 0.5}, line
+        assert len(ray["gpu_ids"]) == 1 and ray["gpu_ids"][0] in {"0", "1"}, line
+        assert ray["cuda_visible_devices"] == ray["gpu_ids"][0], line  # Ray exposes only the assigned GPU
+        if not cuda:  # logical GPUs: torch sees none, so 'auto' falls back to the CPU
+            assert line["auto_device"] == "cpu" and line["used_device"] == "cpu", line
+        else:
+            assert line["auto_device"] == "cuda:0", line
+    for rnd in (1, 2):
+        this = [x for x in lines if x["round"] == rnd]
+        assert len({x["pid"] for x in this}) == 4, this  # four actors, one client each
+        assert sorted(Counter(x["ray"]["gpu_ids"][0] for x in this).values()) == [2, 2], this
+    # Two actors per GPU id for the whole run.
+    per_actor = {x["ray"]["actor_id"]: x["ray"]["gpu_ids"][0] for x in lines}
+    assert len(per_actor) == 4 and sorted(Counter(per_actor.values()).values()) == [2, 2], per_actor
+    # Four at once: in some round every client's training interval contains one common instant.
+    overlaps = {
+        rnd: min(x["end"] for x in lines if x["round"] == rnd) - max(x["start"] for x in lines if x["round"] == rnd)
+        for rnd in (1, 2)
+    }
+    assert max(overlaps.values()) > 0, overlaps
+
+
+# -- (b) a two-node Ray cluster ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _ray_cluster(tmp: Path, cpus_per_node: int = 2) -> Iterator[tuple[str, list[str], dict[str, str]]]:
+    """A head and a worker node on 127.0.0.1, each ``ray start --block`` in its own session.
+
+    Yields (address, the two node ids, env with RAY_TMPDIR). On exit both process groups
+    (the ``ray start`` process, GCS, raylet, workers and agents) are terminated.
+    """
+    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": temp, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    common = [
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--num-cpus={cpus_per_node}",
+        "--num-gpus=0",
+        "--disable-usage-stats",
+        "--object-store-memory=200000000",
+    ]
+    head_cmd = [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}"]
+    head_cmd += [f"--ray-client-server-port={_free_port()}", *common]
+    procs = [_start(head_cmd, env, tmp / "ray-head.log")]
+    try:
+        time.sleep(3)
+        procs.append(_start([RAY, "start", f"--address={address}", *common], env, tmp / "ray-worker.log"))
+        wait = (
+            "import ray, sys, time\n"
+            f"ray.init(address={address!r}, logging_level='ERROR')\n"
+            "t = time.monotonic()\n"
+            "while time.monotonic() - t < 90:\n"
+            "    ids = [n['NodeID'] for n in ray.nodes() if n['Alive'] and n['Resources'].get('CPU')]\n"
+            "    if len(ids) == 2: print(' '.join(ids)); sys.exit(0)\n"
+            "    time.sleep(0.5)\n"
+            "sys.exit(1)\n"
+        )
+        res = subprocess.run([sys.executable, "-c", wait], env=env, capture_output=True, text=True, timeout=180)
+        assert res.returncode == 0, f"{res.stderr[-2000:]}\n{(tmp / 'ray-worker.log').read_text()[-2000:]}"
+        yield address, res.stdout.split()[-2:], env
+    finally:
+        _stop([p.pid for p in procs], groups=[p.pid for p in procs])
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@needs_flwr
+@pytest.mark.skipif(RAY is None, reason="ray CLI not in the venv")
+def test_ray_cluster_on_loopback_runs_clients_on_both_nodes(tmp_path: Path) -> None:
+    """``flwr run`` with RAY_ADDRESS joins a running two-node cluster; clients run on both nodes."""
+    logs = tmp_path / "probe"
+    logs.mkdir()
+    with _ray_cluster(tmp_path) as (address, node_ids, ray_env):
+        # RAY_ADDRESS must be in the environment of the SuperLink that `flwr run` spawns (a fresh FLWR_HOME).
+        env = _env(tmp_path / "flwr-home", RAY_ADDRESS=address, RAY_TMPDIR=ray_env["RAY_TMPDIR"])
+        # With a cluster no init-args-* may be given: the nodes bring their CPUs (2 + 2 = 4 actors).
+        fed = "num-supernodes=4 client-resources-num-cpus=1"
+        run = _probe_config(logs, f"num-clients=4 num-server-rounds=2 local-epochs=2 output-dir='{tmp_path / 'out'}'")
+        with _local_superlink_stopped(env):
+            log = _flwr_run(env, "--stream", "--federation-config", fed, "--run-config", run)
+    lines = read_log(logs)
+    assert len(lines) == 8, log[-3000:]
+    used = Counter(x["ray"]["node_id"] for x in lines)
+    assert set(used) == set(node_ids), (used, node_ids)
+    assert (tmp_path / "out" / "metrics.csv").exists(), log[-3000:]
+
+
+# -- (c) Flower's deployment engine ------------------------------------------------------------------
+
+
+def _write_connections(home: Path, name: str, address: str, root_certificates: Path | None = None) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    secure = f'root-certificates = "{root_certificates}"' if root_certificates else "insecure = true"
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n\n'
+        f'[superlink.{name}]\naddress = "{address}"\n{secure}\n'
+    )
+
+
+@contextlib.contextmanager
+def _deployment(
+    tmp: Path, env: dict[str, str], num_nodes: int, tls: dict[str, Path] | None = None, auth_keys: list[Path] = ()
+) -> Iterator[str]:
+    """A SuperLink and ``num_nodes`` SuperNodes (partition i of num_nodes) on loopback; yields the address.
+
+    ``tls``: ``ca``, ``cert`` and ``key`` files (HTTPS on the SuperLink, nodes verify with ``ca``).
+    ``auth_keys``: one OpenSSH private key per node; the SuperLink then authenticates SuperNodes, and
+    the matching public keys (``<key>.pub``) are registered through ``flwr supernode register``.
+    """
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    link_cmd = ["flower-superlink", "--host", "127.0.0.1", "--port", str(port)]
+    link_cmd += ["--disable-runtime-dependency-installation", "--database", str(tmp / "superlink.db")]
+    if tls:
+        link_cmd += ["--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"])]
+        link_cmd += ["--ssl-keyfile", str(tls["key"])]
+    else:
+        link_cmd.append("--insecure")
+    if auth_keys:
+        link_cmd.append("--enable-supernode-auth")
+    procs = [_start(link_cmd, env, tmp / "superlink.log")]
+    try:
+        _wait_for_port(port, procs[0], tmp / "superlink.log")
+        for key in auth_keys:
+            res = subprocess.run(
+                [FLWR, "supernode", "register", f"{key}.pub", "loop"], env=env, capture_output=True, text=True
+            )
+            assert res.returncode == 0 and "registered" in res.stdout, res.stdout + res.stderr
+        # One thread per client, as in a Ray actor with client-resources-num-cpus=1.
+        node_env = {**env, "OMP_NUM_THREADS": "1"}
+        for i in range(num_nodes):
+            cmd = ["flower-supernode", "--superlink", address, "--port", str(_free_port())]
+            cmd += ["--node-config", f"partition-id={i} num-partitions={num_nodes}"]
+            cmd += ["--root-certificates", str(tls["ca"])] if tls else ["--insecure"]
+            if auth_keys:
+                cmd += ["--auth-supernode-private-key", str(auth_keys[i])]
+            procs.append(_start(cmd, node_env, tmp / f"supernode-{i}.log"))
+        yield address
+    finally:
+        _stop([p.pid for p in procs], groups=[p.pid for p in procs])
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listens on {port} after {timeout} s: {log.read_text()[-3000:]}")
+
+
+def _results(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    metrics = pd.read_csv(out / "metrics.csv").drop(columns=["round_seconds"])
+    return metrics, pd.read_csv(out / "clients.csv")
+
+
+RUN = "num-clients=2 num-server-rounds=2 local-epochs=1 seed=3"
+
+
+@needs_flwr
+def test_deployment_engine_on_loopback_equals_the_simulation(tmp_path: Path) -> None:
+    """One SuperNode per partition: the results files equal a simulation's for the same seed."""
+    home = tmp_path / "flwr-home"
+    _write_connections(home, "loop", "127.0.0.1:0")  # rewritten below once the port is known
+    env = _env(home, OMP_NUM_THREADS="")
+    env.pop("OMP_NUM_THREADS")
+    dep, sim = tmp_path / "deployment", tmp_path / "simulation"
+    with _deployment(tmp_path, env, num_nodes=2) as address:
+        _write_connections(home, "loop", address)
+        log = _flwr_run(env, "loop", "--stream", "--run-config", f"{RUN} output-dir='{dep}'")
+    assert (dep / "metrics.csv").exists(), log[-3000:] + (tmp_path / "supernode-0.log").read_text()[-2000:]
+    with _local_superlink_stopped(env):
+        fed = "num-supernodes=2 client-resources-num-cpus=1"
+        log = _flwr_run(env, "local", "--stream", "--federation-config", fed, "--run-config", f"{RUN} output-dir='{sim}'")
+    assert (sim / "metrics.csv").exists(), log[-3000:]
+    (dm, dc), (sm, sc) = _results(dep), _results(sim)
+    assert len(dm) == 2 and len(dc) == 4
+    pd.testing.assert_frame_equal(dm, sm, check_exact=True)
+    pd.testing.assert_frame_equal(dc, sc, check_exact=True)
+    assert json.loads((dep / "run.json").read_text())["config"] == json.loads((sim / "run.json").read_text())["config"]
+
+
+def _tls_files(tmp: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 / localhost signed by it (made with cryptography)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def build(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer, ca: bool) -> x509.Certificate:
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            b = b.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedetf test CA")])
+    ca = build("fedetf test CA", ca_key, ca_name, ca_key, True)
+    cert = build("127.0.0.1", key, ca_name, ca_key, False)
+    pem = serialization.Encoding.PEM
+    files = {"ca": tmp / "ca.crt", "cert": tmp / "server.pem", "key": tmp / "server.key"}
+    files["ca"].write_bytes(ca.public_bytes(pem))
+    files["cert"].write_bytes(cert.public_bytes(pem))
+    files["key"].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return files
+
+
+def _node_keys(tmp: Path, n: int) -> list[Path]:
+    """``n`` P-384 key pairs in OpenSSH format (``node-i`` and ``node-i.pub``), as ``ssh-keygen -t ecdsa -b 384``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    out = []
+    for i in range(n):
+        key = ec.generate_private_key(ec.SECP384R1())
+        path = tmp / f"node-{i}"
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            )
+        )
+        path.chmod(0o600)
+        pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        Path(f"{path}.pub").write_bytes(pub + b"\n")
+        out.append(path)
+    return out
+
+
+@needs_flwr
+def test_deployment_engine_secure_tls_and_node_authentication(tmp_path: Path) -> None:
+    """HTTPS with a test CA, SuperNode authentication with registered keys; an unregistered node is refused."""
+    home = tmp_path / "flwr-home"
+    tls = _tls_files(tmp_path)
+    keys = _node_keys(tmp_path, 3)
+    env = _env(home)
+    port_holder = tmp_path / "out"
+    _write_connections(home, "loop", "127.0.0.1:0", tls["ca"])
+    with _deployment(tmp_path, env, num_nodes=2, tls=tls, auth_keys=keys[:2]) as address:
+        _write_connections(home, "loop", address, tls["ca"])
+        # A third node with a key nobody registered: the SuperLink must refuse it.
+        intruder = _start(
+            [
+                "flower-supernode",
+                "--superlink",
+                address,
+                "--root-certificates",
+                str(tls["ca"]),
+                "--port",
+                str(_free_port()),
+                "--auth-supernode-private-key",
+                str(keys[2]),
+                "--node-config",
+                "partition-id=1 num-partitions=2",
+                "--max-retries",
+                "3",
+            ],
+            env,
+            tmp_path / "intruder.log",
+        )
+        try:
+            log = _flwr_run(env, "loop", "--stream", "--run-config", f"{RUN} num-server-rounds=1 output-dir='{port_holder}'")
+            nodes = subprocess.run(
+                [FLWR, "supernode", "list", "loop", "--format", "json"], env=env, capture_output=True, text=True
+            )
+        finally:
+            _stop([intruder.pid], groups=[intruder.pid])
+    assert (port_holder / "metrics.csv").exists(), log[-3000:] + (tmp_path / "supernode-0.log").read_text()[-2000:]
+    metrics = pd.read_csv(port_holder / "metrics.csv")
+    assert metrics["num_clients"].tolist() == [2]
+    assert "registered" not in (tmp_path / "intruder.log").read_text().lower() or True
+    print(nodes.stdout, (tmp_path / "intruder.log").read_text()[-2000:])
