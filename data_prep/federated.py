@@ -67,9 +67,7 @@ class Federation:
         """
         labels = self.data.y_test[self.global_test]
         rng = np.random.default_rng(seed)
-        picks = [
-            rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(self.info.num_classes)
-        ]
+        picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(self.info.num_classes)]
         return self._eval_loader(np.sort(self.global_test[np.concatenate(picks)]))
 
     def global_test_loader(self, num_workers: int = 0) -> DataLoader:

@@ -30,8 +30,10 @@ class CheckpointError(ValueError):
 
 def _encode(value: Any) -> Any:
     """Strategy attributes as tensors and plain containers; ``_SKIP`` for what cannot be stored."""
+    if isinstance(value, np.generic):  # before float/bool: keep the exact numpy scalar type
+        return {"__npscalar__": torch.from_numpy(np.asarray(value).reshape(1))}
     if isinstance(value, np.ndarray):
-        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value).copy())}
+        return {"__ndarray__": torch.from_numpy(np.array(value, copy=True, order="C"))}
     if isinstance(value, ArrayRecord):
         return {"__arrayrecord__": {k: torch.from_numpy(a.numpy().copy()) for k, a in value.items()}}
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
@@ -47,6 +49,8 @@ def _encode(value: Any) -> Any:
 
 def _decode(value: Any) -> Any:
     if isinstance(value, dict):
+        if "__npscalar__" in value:
+            return value["__npscalar__"].numpy()[0]
         if "__ndarray__" in value:
             return value["__ndarray__"].numpy()
         if "__arrayrecord__" in value:

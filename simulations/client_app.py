@@ -47,7 +47,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg = parse_run_config(context.run_config)
     pid = int(context.node_config["partition-id"])
     config = dict(msg.content["config"])
-    server_round = int(config["server-round"]) + int(config.get("round-offset", 0))
+    server_round = int(config["server-round"])
     seed = round_seed(cfg.seed, server_round, pid)
     torch.manual_seed(seed)
     fed = federation(cfg)

@@ -130,8 +130,18 @@ def _key(name: str) -> str:
     return name.replace("_", "-")
 
 
+def _shown(value: Any) -> str:
+    """A value as it is written in ``--run-config`` (TOML booleans, Python repr otherwise)."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
 def _fail(name: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"invalid run config: {_key(name)}={value!r}; allowed: {allowed}")
+    return ConfigError(f"invalid run config: {_key(name)}={_shown(value)}; allowed: {allowed}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _one_of(options: Callable[[], list[str]]) -> Callable[[Any], str | None]:
@@ -145,7 +155,8 @@ def _one_of(options: Callable[[], list[str]]) -> Callable[[Any], str | None]:
 def _at_least(lo: float, *, strict: bool = False) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         ok = v > lo if strict else v >= lo
-        return None if ok else f"a number {'>' if strict else '>='} {lo}"
+        kind = "an integer" if isinstance(v, int) and not isinstance(v, bool) else "a number"
+        return None if ok else f"{kind} {'>' if strict else '>='} {lo}"
 
     return check
 
@@ -300,11 +311,17 @@ def _check_combinations(cfg: RunConfig) -> None:
         raise _fail("feature_dim", cfg.feature_dim, f"an integer >= num_classes - 1 = {k - 1} (simplex ETF)")
     try:
         cls = cfg.method_class
-        cfg.method_settings  # noqa: B018 - validates method-args against the declaration
     except StrategyError as exc:
         raise ConfigError(str(exc)) from None
+    except Exception as exc:  # a user module that raises while it is imported
+        raised = f"{type(exc).__name__}: {_first_line(exc)}"
+        raise _fail(
+            "method", cfg.method, f"an importable 'package.module:ClassName' (importing it raised {raised})"
+        ) from None
+    try:
+        cfg.method_settings  # noqa: B018 - validates method-args against the declaration
     except ValueError as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
+        raise ConfigError(_first_line(exc)) from None
     declared = [f.name.replace("_", "-") for f in settings_fields(cls)]
     if extra := sorted(set(json.loads(cfg.method_args)) - set(declared)):
         raise _fail("method_args", cfg.method_args, f"a JSON object of {cls.name!r}'s settings {declared}, not {extra}")

@@ -29,7 +29,7 @@ def fault_injection_mod(msg: Message, context: Context, call_next: ClientAppCall
     """Raise :class:`InjectedFault` for the calls chosen by ``fault-rate``; pass the others on."""
     rate = float(context.run_config.get("fault-rate", 0.0))
     if rate > 0 and msg.metadata.message_type == MessageType.TRAIN:
-        server_round = int(msg.content["config"]["server-round"]) + int(msg.content["config"].get("round-offset", 0))
+        server_round = int(msg.content["config"]["server-round"])
         pid = int(context.node_config["partition-id"])
         if fails(int(context.run_config.get("seed", 0)), server_round, pid, rate):
             raise InjectedFault(f"injected fault (fault-rate={rate}) in round {server_round} at partition {pid}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import random
 import time
-from logging import ERROR, INFO
-from pathlib import Path
+import traceback
 from collections.abc import Callable
+from logging import DEBUG, ERROR, INFO
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,8 +24,8 @@ from simulations.client_app import STATE_REPLY, STATE_RESTORE
 from simulations.config import ConfigError, RunConfig, parse_run_config
 from simulations.grid import PartitionOrderedGrid
 from simulations.results import DIAGNOSTIC_CLIENT_COLUMNS, RunRecorder, format_summary, fresh_output_dir
-from simulations.task import device, federation, make_method, model_buffer
-from strategies.registry import StrategyError, build_strategy, server_class
+from simulations.task import device, federation, make_method, model_buffer, round_seed
+from strategies.registry import StrategyError, accepted_kwargs, build_strategy, server_class
 
 app = ServerApp()
 
@@ -39,14 +40,41 @@ def _prepare(context: Context) -> tuple[RunConfig, Any]:
     device(cfg)
     federation(cfg)  # partition errors surface here, before training
     method = make_method(cfg)
-    strategy = build_strategy(
-        server_class(type(method), cfg.server),
-        num_clients=cfg.num_clients,
-        fraction_train=cfg.fraction_train,
-        weighted_by_key="num-batches" if cfg.aggregation_weight == "batches" else "num-examples",
-        extra=cfg.server_kwargs,
-        method_kwargs=method.server_kwargs(),
-    )
+    server = cfg.server if cfg.server != "auto" else type(method).server
+    key = "server" if cfg.server != "auto" else f"{method.name}.server"
+    try:
+        cls = server_class(type(method), cfg.server)
+    except StrategyError:
+        raise
+    except Exception as exc:  # a user module that raises while it is imported
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(
+            f"invalid run config: {key}={server!r}; allowed: an importable 'package.module:ClassName' "
+            f"(importing it raised {type(exc).__name__}: {reason})"
+        ) from None
+    accepted = accepted_kwargs(cls)
+    if accepted is not None and (unknown := sorted(set(cfg.server_kwargs) - accepted)):
+        raise ConfigError(
+            f"invalid run config: server-args={cfg.server_args!r}; {cls.__name__} does not take {unknown}; "
+            f"allowed: a JSON object of its arguments {sorted(accepted)}"
+        )
+    try:
+        strategy = build_strategy(
+            cls,
+            num_clients=cfg.num_clients,
+            fraction_train=cfg.fraction_train,
+            weighted_by_key="num-batches" if cfg.aggregation_weight == "batches" else "num-examples",
+            extra=cfg.server_kwargs,
+            method_kwargs=method.server_kwargs(),
+        )
+    except StrategyError:
+        raise
+    except Exception as exc:  # e.g. a server-args value the strategy refuses
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(
+            f"invalid run config: server={server!r} server-args={cfg.server_args!r}; building {cls.__name__} "
+            f"raised {type(exc).__name__}: {reason}"
+        ) from None
     return cfg, strategy
 
 
@@ -78,8 +106,35 @@ def main(grid: Grid, context: Context, on_round: Callable[[int], None] | None = 
     try:
         cfg, strategy = _prepare(context)
     except (ConfigError, StrategyError, ValueError, RuntimeError) as exc:
-        log(ERROR, "%s", str(exc).splitlines()[0])
+        log(ERROR, "%s", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         raise SystemExit(2) from None
+    except Exception as exc:  # unforeseen: still one line (where it happened); the traceback at DEBUG level
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        log(
+            ERROR,
+            "cannot start the run: %s: %s (at %s:%d); nothing was trained",
+            type(exc).__name__,
+            reason,
+            Path(where.filename).name,
+            where.lineno or 0,
+        )
+        log(DEBUG, "%s", traceback.format_exc())
+        raise SystemExit(2) from None
+    # The federation's size, before any output folder is made (`run` checks the partitions again).
+    nodes = PartitionOrderedGrid(grid).wait_for_nodes(cfg.num_clients)
+    if len(nodes) != cfg.num_clients:
+        log(
+            ERROR,
+            "invalid run config: num-clients=%d but the federation has %d supernodes; allowed: num-clients equal "
+            "to num-supernodes, e.g. flwr run . --run-config 'num-clients=%d' or --federation-config "
+            "'num-supernodes=%d'",
+            cfg.num_clients,
+            len(nodes),
+            len(nodes),
+            cfg.num_clients,
+        )
+        raise SystemExit(2)
     run(grid, cfg, strategy, on_round)
 
 
@@ -143,9 +198,11 @@ def _describe(recorder: RunRecorder, cfg: RunConfig, method: LocalMethod, strate
     recorder.extra["method_settings"] = cfg.method_settings_dict()
     recorder.extra["strategy_class"] = f"{type(strategy).__module__}:{type(strategy).__qualname__}"
     recorder.extra["personal_view"] = (
-        "each client's personal model on its own test split"
+        "each client's personal model on its own test split (personal_acc: after local training; "
+        "personal_acc_before: the received model with the client's own adaptation and state)"
         if method.personal_model
-        else "the global model on each client's own test split (the method has no personal model)"
+        else "no personal model: the personal view is the global model on each client's own test split "
+        "(personal_acc_before); personal_acc is the locally trained model, before averaging"
     )
 
 
@@ -186,7 +243,9 @@ class _Run:
 
     def evaluate_fn(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         cfg, method = self.cfg, self.method
-        true_round = server_round + self.offset
+        true_round = server_round
+        if 0 < server_round <= self.offset:  # done before the resume: nothing ran, nothing to record
+            return MetricRecord({})
         method.load(self.model, arrays.to_torch_state_dict(), self.initial, {}, _received(self.strategy))
         gen = evaluate(self.model, self.test_loader, personal=False, device=self.dev)
         if not np.isfinite(gen.loss) and gen.num_examples:
@@ -199,8 +258,8 @@ class _Run:
             log(
                 INFO,
                 "round %d (%s model): generic acc %.4f",
-                true_round,
-                "resumed" if true_round else "initial",
+                self.offset,
+                "resumed" if self.offset else "initial",
                 gen.acc,
             )
             self.round_start = time.time()
@@ -251,6 +310,30 @@ class _Run:
         return metrics
 
 
+def _wrap_rounds(strategy: Any, seed: int, done: int) -> None:
+    """Seed each round's client sampling, and skip the rounds a resumed run has done already.
+
+    Flower samples clients with the global ``random``, which its own background
+    threads (heartbeats, retry jitter) also draw from at times that vary; reseeding
+    right before each round's ``configure_train`` makes the sample a pure function
+    of (seed, round). A resumed run replays rounds ``1..done`` as no-ops (no
+    messages, no aggregation), so every hook of any strategy still sees true round
+    numbers (FedAdam's bias correction depends on them).
+    """
+    configure, aggregate = strategy.configure_train, strategy.aggregate_train
+
+    def configure_train(server_round: int, *args: Any, **kwargs: Any) -> Any:
+        if server_round <= done:
+            return []
+        random.seed(round_seed(seed, server_round, -1))
+        return configure(server_round, *args, **kwargs)
+
+    def aggregate_train(server_round: int, replies: Any) -> Any:
+        return (None, None) if server_round <= done else aggregate(server_round, replies)
+
+    strategy.configure_train, strategy.aggregate_train = configure_train, aggregate_train
+
+
 def _resume_point(cfg: RunConfig, strategy: Any) -> tuple[Path, dict[str, Any]]:
     """Check that ``cfg.output_dir`` holds an unfinished run of the same config; load its checkpoint."""
     out = Path(cfg.output_dir)
@@ -299,8 +382,7 @@ def run(grid: Grid, cfg: RunConfig, strategy: Any, on_round: Callable[[int], Non
         log(ERROR, "%s", exc)
         raise SystemExit(2) from None
     initial_arrays = ArrayRecord(state.method.shared_state(state.initial))  # not the model: a reused buffer
-    if hasattr(strategy, "round_offset"):
-        strategy.round_offset = offset
+    _wrap_rounds(strategy, cfg.seed, offset)
     if payload:
         checkpoint.restore_strategy(strategy, payload["strategy"])
         checkpoint.restore_random(payload)
@@ -323,14 +405,14 @@ def run(grid: Grid, cfg: RunConfig, strategy: Any, on_round: Callable[[int], Non
     )
     recorder.write()
     t0 = time.time()
-    train_config = {"method": state.method.name, "local-epochs": cfg.local_epochs, "round-offset": offset}
+    train_config = {"method": state.method.name, "local-epochs": cfg.local_epochs}
     if state.send_states:
         train_config["send-state"] = True
     try:
         strategy.start(
             grid=ordered,
             initial_arrays=initial_arrays,
-            num_rounds=cfg.num_server_rounds - offset,
+            num_rounds=cfg.num_server_rounds,
             train_config=ConfigRecord(train_config),
             evaluate_config=ConfigRecord({"method": state.method.name}),
             evaluate_fn=state.evaluate_fn,

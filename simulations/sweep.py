@@ -8,7 +8,8 @@ the other on the local SuperLink that the first ``flwr run`` starts and the othe
 ``SWEEP_DIR/runs/<name>/``. ``SWEEP_DIR/sweep.json`` holds the plan and each run's status, error and
 timings; rerunning the same command skips finished runs and redoes the others (an unfinished run
 folder is moved aside to ``<name>.incomplete-<n>``, never deleted). Each run's log goes to
-``SWEEP_DIR/logs/<name>.log``. The exit status is 1 if any run failed.
+``SWEEP_DIR/logs/<name>.log``, every line prefixed with the seconds since its ``flwr run`` started.
+The exit status is 1 if any run failed, 130 if the sweep was interrupted.
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
-
-from fedetf.io import atomic_write_text
 
 Value = bool | int | float | str
 #: Keys the sweep sets itself (``--methods``, ``--seeds``, the run folder).
@@ -87,9 +86,13 @@ def parse_list(text: str) -> list[tuple[str, Value]]:
         values = [parse_value(p) for p in parts]
     if not parts or any(p == "" for p in parts):
         raise SweepError(f"--grid values {text!r}: allowed: one or more comma-separated values, e.g. 0.2,1e-5")
+    seen: list[Value] = []
     for v in values:
         if not isinstance(v, bool | int | float | str):
             raise SweepError(f"--grid value {v!r}: allowed: a bool, int, float or string")
+        if any(type(v) is type(u) and v == u for u in seen):
+            raise SweepError(f"--grid values {text!r}: {v!r} is given twice")
+        seen.append(v)
     return list(zip(parts, values, strict=True))
 
 
@@ -356,7 +359,7 @@ class Progress:
             total=self.total,
             initial=self.done,
             unit="run",
-            bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} runs [{postfix}]",
+            bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} runs{postfix}",
             desc="sweep ",
             disable=self.disable,
             mininterval=0.5,
@@ -365,6 +368,7 @@ class Progress:
         self.name, self.rounds, self.round = "", 0, 0
         self.run_t0 = self.last_round_t = self.first_round_t = 0.0
         self.queued: list[int] = []
+        self.live = sys.stderr.isatty()  # in a log file, redraw on events only, not every second
 
     def start(self, name: str, rounds: int, queued: list[int]) -> None:
         """A run starts; ``queued`` are the round counts of the runs after it."""
@@ -403,6 +407,11 @@ class Progress:
             left += max(setup - since, 0.0) if not self.first_round_t else 0.0
             left += (self.rounds - self.round) * rnd + down
         return left
+
+    def tick(self) -> None:
+        """Called about once a second while a run is quiet."""
+        if self.live:
+            self.refresh()
 
     def refresh(self) -> None:
         elapsed = tqdm.format_interval(time.monotonic() - self.t0)
@@ -537,7 +546,7 @@ class Runner:
                     if raw:
                         self._consume(ANSI.sub("", raw).rstrip("\n"), out, log, progress, t0)
                     else:
-                        progress.refresh()
+                        progress.tick()
                     if timeout is not None and time.monotonic() - t0 > timeout:
                         timed_out = True
                         break
@@ -557,7 +566,7 @@ class Runner:
 
     def _consume(self, line: str, out: Outcome, log: Any, progress: Progress, t0: float) -> None:
         out.lines.append(line)
-        log.write(line + "\n")
+        log.write(f"{time.monotonic() - t0:8.2f}s | {line}\n")  # seconds since `flwr run` started
         if self.verbose:
             progress.write(line)
         if SUPERLINK_START in line:
@@ -624,9 +633,19 @@ def _flwr_executable() -> str:
 
 
 def _default_app() -> Path:
-    from simulations.results import project_dir
+    """This project's folder (the source tree of an editable install), else the current folder."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
 
-    return project_dir()
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (``fedetf.io`` would import torch into this long-lived process)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -745,7 +764,10 @@ def _warn_if_packaged(out: Path, app: Path, write: Any) -> None:
         out.resolve().relative_to(app)
     except ValueError:
         return
-    res = subprocess.run(["git", "check-ignore", "-q", str(out)], cwd=app, capture_output=True, check=False)
+    try:
+        res = subprocess.run(["git", "check-ignore", "-q", str(out)], cwd=app, capture_output=True, check=False)
+    except OSError:  # no git: say nothing
+        return
     if res.returncode == 1:
         write(
             f"warning: {out} is inside the app folder and not git-ignored: Flower packs its .json/.md files into "
@@ -853,7 +875,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.report:
         from simulations import report
 
-        report.main([str(out)])
+        try:
+            report.main([str(out)])
+        except SystemExit as e:  # the report's one-line error is printed; the sweep's status stands
+            if e.code:
+                print("fedetf-report failed; the sweep's results are complete", file=sys.stderr)
     else:
         print(f"report: fedetf-report {out}")
     return 1 if failed else 0

@@ -84,5 +84,5 @@ def device(cfg: RunConfig) -> torch.device:
 
 
 def round_seed(seed: int, server_round: int, partition_id: int) -> int:
-    """A seed unique to (run seed, round, client) for shuffling and dropout."""
-    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
+    """A seed unique to (run seed, round, client) for shuffling and dropout (``partition_id=-1``: the server)."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id + 1]).generate_state(1)[0])

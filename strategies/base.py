@@ -33,8 +33,6 @@ class MethodStrategy(FedAvg):
         super().__init__(**kwargs)
         self.broadcast: Extras = {}
         self.num_nodes = 0
-        #: Rounds already done before this ``start`` (a resumed run); hooks see true round numbers.
-        self.round_offset = 0
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -63,7 +61,7 @@ class MethodStrategy(FedAvg):
             weights.append(float(next(iter(content.metric_records.values()))[self.weighted_by_key]))
         arrays, metrics = super().aggregate_train(server_round, replies)
         if extras:
-            self.aggregate_extras(server_round + self.round_offset, extras, weights)
+            self.aggregate_extras(server_round, extras, weights)
         return arrays, metrics
 
     def aggregate_extras(self, server_round: int, extras: list[Extras], weights: list[float]) -> None:

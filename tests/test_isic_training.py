@@ -178,6 +178,7 @@ def test_damaged_manifest_and_index_are_named(copy_root: Path) -> None:
     assert "manifest.json is unreadable (" in _one_line_with_the_fix(err, manifest, cache)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fedgela", "fedavg"])
 def test_one_round_through_flower(data_root: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / method

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from simulations import checkpoint
 from simulations.faults import fails
 from simulations.local import SimulationFailed, run_local
 from simulations.results import run_state
+
+pytestmark = pytest.mark.slow
 
 BASE = {"num-server-rounds": 4, "local-epochs": 1, "num-clients": 4, "fraction-train": 0.75, "checkpoint-every": 2}
 

@@ -275,7 +275,8 @@ def _write_connections(home: Path, name: str, address: str, root_certificates: P
 def _deployment(
     tmp: Path, env: dict[str, str], num_nodes: int, tls: dict[str, Path] | None = None, auth_keys: list[Path] = ()
 ) -> Iterator[str]:
-    """A SuperLink and ``num_nodes`` SuperNodes (partition i of num_nodes) on loopback; yields the address.
+    """A SuperLink and ``num_nodes`` SuperNodes (partition i of num_nodes) on loopback, declared as the
+    connection ``loop`` in ``$FLWR_HOME/config.toml``; yields its address.
 
     ``tls``: ``ca``, ``cert`` and ``key`` files (HTTPS on the SuperLink, nodes verify with ``ca``).
     ``auth_keys``: one OpenSSH private key per node; the SuperLink then authenticates SuperNodes, and
@@ -292,6 +293,7 @@ def _deployment(
         link_cmd.append("--insecure")
     if auth_keys:
         link_cmd.append("--enable-supernode-auth")
+    _write_connections(Path(env["FLWR_HOME"]), "loop", address, tls["ca"] if tls else None)
     procs = [_start(link_cmd, env, tmp / "superlink.log")]
     try:
         _wait_for_port(port, procs[0], tmp / "superlink.log")
@@ -336,24 +338,25 @@ RUN = "num-clients=2 num-server-rounds=2 local-epochs=1 seed=3"
 @needs_flwr
 def test_deployment_engine_on_loopback_equals_the_simulation(tmp_path: Path) -> None:
     """One SuperNode per partition: the results files equal a simulation's for the same seed."""
-    home = tmp_path / "flwr-home"
-    _write_connections(home, "loop", "127.0.0.1:0")  # rewritten below once the port is known
-    env = _env(home, OMP_NUM_THREADS="")
-    env.pop("OMP_NUM_THREADS")
+    env = _env(tmp_path / "flwr-home")
     dep, sim = tmp_path / "deployment", tmp_path / "simulation"
-    with _deployment(tmp_path, env, num_nodes=2) as address:
-        _write_connections(home, "loop", address)
+    with _deployment(tmp_path, env, num_nodes=2):
         log = _flwr_run(env, "loop", "--stream", "--run-config", f"{RUN} output-dir='{dep}'")
     assert (dep / "metrics.csv").exists(), log[-3000:] + (tmp_path / "supernode-0.log").read_text()[-2000:]
     with _local_superlink_stopped(env):
         fed = "num-supernodes=2 client-resources-num-cpus=1"
-        log = _flwr_run(env, "local", "--stream", "--federation-config", fed, "--run-config", f"{RUN} output-dir='{sim}'")
+        log = _flwr_run(
+            env, "local", "--stream", "--federation-config", fed, "--run-config", f"{RUN} output-dir='{sim}'"
+        )
     assert (sim / "metrics.csv").exists(), log[-3000:]
     (dm, dc), (sm, sc) = _results(dep), _results(sim)
     assert len(dm) == 2 and len(dc) == 4
     pd.testing.assert_frame_equal(dm, sm, check_exact=True)
     pd.testing.assert_frame_equal(dc, sc, check_exact=True)
-    assert json.loads((dep / "run.json").read_text())["config"] == json.loads((sim / "run.json").read_text())["config"]
+    configs = [json.loads((d / "run.json").read_text())["config"] for d in (dep, sim)]
+    for config in configs:
+        config.pop("output-dir")
+    assert configs[0] == configs[1]
 
 
 def _tls_files(tmp: Path) -> dict[str, Path]:
@@ -392,9 +395,7 @@ def _tls_files(tmp: Path) -> dict[str, Path]:
     files = {"ca": tmp / "ca.crt", "cert": tmp / "server.pem", "key": tmp / "server.key"}
     files["ca"].write_bytes(ca.public_bytes(pem))
     files["cert"].write_bytes(cert.public_bytes(pem))
-    files["key"].write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    files["key"].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return files
 
 
@@ -421,44 +422,28 @@ def _node_keys(tmp: Path, n: int) -> list[Path]:
 
 @needs_flwr
 def test_deployment_engine_secure_tls_and_node_authentication(tmp_path: Path) -> None:
-    """HTTPS with a test CA, SuperNode authentication with registered keys; an unregistered node is refused."""
-    home = tmp_path / "flwr-home"
+    """HTTPS with a test CA and SuperNode authentication with registered keys; an unregistered node is refused."""
     tls = _tls_files(tmp_path)
     keys = _node_keys(tmp_path, 3)
-    env = _env(home)
-    port_holder = tmp_path / "out"
-    _write_connections(home, "loop", "127.0.0.1:0", tls["ca"])
+    env = _env(tmp_path / "flwr-home")
+    out = tmp_path / "out"
     with _deployment(tmp_path, env, num_nodes=2, tls=tls, auth_keys=keys[:2]) as address:
-        _write_connections(home, "loop", address, tls["ca"])
-        # A third node with a key nobody registered: the SuperLink must refuse it.
-        intruder = _start(
-            [
-                "flower-supernode",
-                "--superlink",
-                address,
-                "--root-certificates",
-                str(tls["ca"]),
-                "--port",
-                str(_free_port()),
-                "--auth-supernode-private-key",
-                str(keys[2]),
-                "--node-config",
-                "partition-id=1 num-partitions=2",
-                "--max-retries",
-                "3",
-            ],
-            env,
-            tmp_path / "intruder.log",
-        )
+        # A third node with a key nobody registered (the SuperLink must refuse it).
+        cmd = ["flower-supernode", "--superlink", address, "--root-certificates", str(tls["ca"])]
+        cmd += ["--port", str(_free_port()), "--auth-supernode-private-key", str(keys[2])]
+        cmd += ["--node-config", "partition-id=1 num-partitions=2", "--max-retries", "2"]
+        intruder = _start(cmd, env, tmp_path / "intruder.log")
         try:
-            log = _flwr_run(env, "loop", "--stream", "--run-config", f"{RUN} num-server-rounds=1 output-dir='{port_holder}'")
+            run = "num-clients=2 num-server-rounds=1 local-epochs=1 seed=3"
+            log = _flwr_run(env, "loop", "--stream", "--run-config", f"{run} output-dir='{out}'")
             nodes = subprocess.run(
                 [FLWR, "supernode", "list", "loop", "--format", "json"], env=env, capture_output=True, text=True
             )
         finally:
             _stop([intruder.pid], groups=[intruder.pid])
-    assert (port_holder / "metrics.csv").exists(), log[-3000:] + (tmp_path / "supernode-0.log").read_text()[-2000:]
-    metrics = pd.read_csv(port_holder / "metrics.csv")
-    assert metrics["num_clients"].tolist() == [2]
-    assert "registered" not in (tmp_path / "intruder.log").read_text().lower() or True
-    print(nodes.stdout, (tmp_path / "intruder.log").read_text()[-2000:])
+    assert (out / "metrics.csv").exists(), log[-3000:] + (tmp_path / "supernode-0.log").read_text()[-2000:]
+    assert pd.read_csv(out / "metrics.csv")["num_clients"].tolist() == [2]
+    listed = json.loads(nodes.stdout[nodes.stdout.index("{") :])["nodes"]
+    assert len(listed) == 2 and {n["status"] for n in listed} == {"online"}, listed
+    refused = (tmp_path / "intruder.log").read_text()
+    assert "Failed to activate SuperNode" in refused, refused[-3000:]

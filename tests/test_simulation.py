@@ -14,6 +14,8 @@ import pytest
 from simulations.local import SimulationFailed, run_local
 from simulations.results import CLIENT_COLUMNS, METRIC_COLUMNS
 
+pytestmark = pytest.mark.slow
+
 FAST = {"num-server-rounds": 2, "local-epochs": 2}
 
 
@@ -61,7 +63,7 @@ def test_results_files(runs: dict[str, Path], name: str) -> None:
     expected = {"fedgela.temperature": 0.2} if name == "fedgela" else {}
     assert {k: v for k, v in info["method_settings"].items() if k in expected} == expected
     assert name == "fedgela" or info["method_settings"] == {}
-    assert info["personal_view"].startswith("each client's personal model") == (name == "fedgela")
+    assert info["personal_view"].startswith("no personal model") == (name == "fedavg")
 
 
 def test_fedgela_beats_its_untrained_start_in_the_personal_view(runs: dict[str, Path]) -> None:
@@ -220,3 +222,21 @@ def test_a_failed_run_raises_and_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(SimulationFailed, match="exited with status 2"):
         run_local({"num-server-rounds": 1, "lr": -1.0, "output-dir": str(tmp_path / "bad")})
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("method", ["fedgela", "fedavg"])
+def test_diagnostics_are_recorded_per_round_and_per_client(tmp_path: Path, method: str) -> None:
+    from simulations.results import DIAGNOSTIC_CLIENT_COLUMNS, DIAGNOSTIC_METRIC_COLUMNS
+
+    out = _run(tmp_path, method, method=method, diagnostics=True, **{"local-epochs": 1, "num-clients": 4})
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert set(DIAGNOSTIC_METRIC_COLUMNS) <= set(metrics.columns)
+    assert (metrics["nc1"] > 0).all() and metrics["nc_cos_gap"].between(0, 2).all()
+    assert metrics["nc_self_duality"].between(0, 2).all()
+    clients = pd.read_csv(out / "clients.csv")
+    assert set(DIAGNOSTIC_CLIENT_COLUMNS) <= set(clients.columns)
+    # 4 clients x 3 of 10 classes: every client misses classes, so both angles are defined.
+    assert clients["angle_missing"].between(0, 180).all() and clients["angle_present"].between(0, 180).all()
+    assert clients["space_missing_share"].between(0, 1).all()
+    r1 = clients[clients["round"] == 1]
+    assert metrics.loc[0, "angle_missing"] == pytest.approx(r1["angle_missing"].mean())

@@ -1,0 +1,638 @@
+"""Round cost: a Flower round against the same work in one plain process.
+
+The same run config runs three ways, each in a fresh process tree:
+
+* ``flwr``: ``flwr run . --stream`` on a local SuperLink with the Ray simulation
+  engine, ``num-supernodes = num-clients``, ``client-resources-num-cpus=1``
+  (so on 2 cores two Ray workers of one thread each); ``--engine sim`` uses
+  ``flwr.simulation.run_simulation`` in-process instead (``simulations.local``);
+* ``inline-1``: the same ServerApp (``simulations.server_app.main``) and the same
+  ClientApp (``simulations.client_app.app``) in one process, one thread: an
+  in-process Grid hands each message straight to the ClientApp, one client after
+  the other (no Flower transport, no Ray, no serialisation);
+* ``inline-2``: the same with two torch threads (the same threads in total as two workers).
+
+So both sides do exactly the same data loading, partitioning, model, local
+training, personal evaluation of every client, aggregation (the strategy's own)
+and generic evaluation. Per-round wall time comes from ``metrics.csv``
+(``round_seconds``: one round = configure, clients, aggregation, generic
+evaluation); the first round (workers warming up) is shown apart, the
+steady-state figure is the median of rounds 2..R. Start-up is from launching the
+command to the start of round 1. Peak memory is the largest sum, sampled every
+0.25 s, of the proportional set size (PSS: shared pages divided among their
+users) of every process of the run (the ``flwr`` CLI, the SuperLink and its
+children, Ray's GCS, raylet, agents and workers), with the plain sum of RSS beside it.
+
+    python benchmarks/round_cost.py [--datasets digits mnist-5k] [--methods fedavg fedgela]
+        [--rounds 4] [--local-epochs 10] [--engine flwr|sim] [--profile SECONDS]
+
+``--profile`` samples one Ray worker with py-spy (if on PATH or ``$PY_SPY``) during
+the second round onwards and prints where its time goes. Timings on a shared machine
+are noisy: the load average is printed with every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+FLWR = shutil.which("flwr", path=str(BIN)) or "flwr"
+
+# -- processes and memory ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            ppid = int(text[text.rindex(")") + 2 :].split()[1])
+            tree.setdefault(ppid, []).append(int(stat.parent.name))
+    return tree
+
+
+def process_tree(roots: Iterable[int]) -> list[int]:
+    """The given pids and all their descendants (from /proc)."""
+    tree, out, todo = _children(), [], list(roots)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(tree.get(p, []))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stop_tree(roots: Iterable[int], grace: float = 10.0) -> None:
+    """SIGTERM these processes and their descendants; SIGKILL what is left after ``grace`` seconds."""
+    targets = process_tree(roots)
+    for p in targets:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in targets):
+        time.sleep(0.2)
+    for p in targets:
+        if _alive(p):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGKILL)
+
+
+def superlink_pids(port: str) -> list[int]:
+    """Pids of ``flower-superlink`` processes started with ``--port <port>``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
+            if any(a.endswith("flower-superlink") for a in argv[:2]) and any(
+                a == "--port" and b == port for a, b in zip(argv, argv[1:], strict=False)
+            ):
+                found.append(int(cmdline.parent.name))
+    return found
+
+
+def _memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in KiB, (0, 0) if it is gone."""
+    rss = pss = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    return rss, pss
+
+
+def cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    return ""
+
+
+def process_kind(pid: int) -> str:
+    """A short name for a process of a run (for the memory breakdown)."""
+    cmd = cmdline(pid)
+    if not cmd:
+        return "?"
+    first = cmd.split()[0]
+    if first.startswith("ray::"):
+        return first  # ray::ClientAppActor, ray::IDLE, ray::DashboardAgent, ...
+    for key in ("gcs_server", "raylet", "flower-superlink", "flower-superexec", "flwr-simulation", "flwr-serverapp"):
+        if key in cmd:
+            return key
+    for key in ("log_monitor", "monitor.py", "dashboard", "runtime_env", "flwr run", "round_cost.py"):
+        if key in cmd:
+            return key.replace(".py", "")
+    return Path(first).name
+
+
+class MemorySampler(threading.Thread):
+    """Samples the summed RSS and PSS of a process tree every ``period`` seconds; keeps the peak (KiB).
+
+    ``roots`` is called at every sample (a run's SuperLink appears after it starts).
+    """
+
+    def __init__(self, roots: Any, period: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.roots, self.period = roots, period
+        self.peak_rss = self.peak_pss = 0
+        self.breakdown: dict[str, int] = {}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            pids = process_tree(self.roots())
+            sizes = {p: _memory_kib(p) for p in pids}
+            pss = sum(s[1] for s in sizes.values())
+            self.peak_rss = max(self.peak_rss, sum(s[0] for s in sizes.values()))
+            if pss > self.peak_pss:
+                self.peak_pss = pss
+                kinds: Counter[str] = Counter()
+                number: Counter[str] = Counter()
+                for p, (_, size) in sizes.items():
+                    kinds[process_kind(p)] += size
+                    number[process_kind(p)] += 1
+                self.breakdown = {(k if number[k] == 1 else f"{k} x{number[k]}"): v for k, v in kinds.items()}
+            self._halt.wait(self.period)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+# -- one run -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """Measured facts of one run."""
+
+    label: str
+    rounds: list[float]
+    startup: float
+    wall: float
+    peak_rss_mib: float
+    peak_pss_mib: float
+    load: tuple[float, float]
+    out: Path
+    memory: dict[str, float] = field(default_factory=dict)
+    #: Who was sampled (e.g. ``worker``) -> share of its samples per category or function.
+    profile: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def steady(self) -> float:
+        """Median seconds per round after the first (the first when there is only one)."""
+        return statistics.median(self.rounds[1:] or self.rounds)
+
+
+def run_config_string(overrides: dict[str, Any]) -> str:
+    """``--run-config`` text of a mapping (TOML values)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return "'" + v.replace("'", "\\'") + "'"
+        return repr(v)
+
+    return " ".join(f"{k}={value(v)}" for k, v in overrides.items())
+
+
+def _flwr_env(home: Path, threads: int | None = None) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        "RAY_TMPDIR": tempfile.mkdtemp(prefix="rb", dir="/tmp"),
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(k, None)
+        if threads:
+            env[k] = str(threads)
+    return env
+
+
+def _read(out: Path, label: str, t0: float, wall: float, mem: MemorySampler, load: tuple[float, float]) -> Result:
+    metrics = pd.read_csv(out / "metrics.csv")
+    rounds = metrics["round_seconds"].astype(float).tolist()
+    timings = json.loads((out / "run.json").read_text()).get("timings", {})
+    end = float(timings.get("end", t0 + wall))
+    startup = end - sum(rounds) - t0  # launch -> start of round 1 (the end of the round-0 evaluation)
+    return Result(
+        label,
+        rounds,
+        startup,
+        wall,
+        mem.peak_rss / 1024,
+        mem.peak_pss / 1024,
+        load,
+        out,
+        memory={k: v / 1024 for k, v in sorted(mem.breakdown.items(), key=lambda kv: -kv[1])},
+    )
+
+
+def launch(
+    engine: str,
+    overrides: dict[str, Any],
+    work: Path,
+    label: str,
+    *,
+    cpus_per_client: int = 1,
+    gpus_per_client: float = 0.0,
+    threads: int = 1,
+    profile: float = 0.0,
+    federation_extra: str = "",
+    timeout: float = 3600,
+    profile_hook: Callable[..., dict[str, dict[str, float]]] | None = None,
+) -> Result:
+    """Run ``overrides`` with ``engine`` (``flwr``, ``sim`` or ``inline``) and measure it.
+
+    ``threads`` is the number of torch threads of the inline process; ``flwr`` and ``sim``
+    give each client ``cpus_per_client`` CPUs (Ray sets its workers' OMP_NUM_THREADS to that).
+    ``profile`` > 0 calls ``profile_hook`` (default :func:`profile_worker`) once round 1 is over.
+    """
+    out = work / label
+    shutil.rmtree(out, ignore_errors=True)
+    overrides = {**overrides, "output-dir": str(out)}
+    env = _flwr_env(work / f"flwr-home-{label}", threads if engine == "inline" else None)
+    nodes = int(overrides["num-clients"])
+    if engine == "flwr":
+        fed = f"num-supernodes={nodes} client-resources-num-cpus={cpus_per_client}"
+        fed += f" client-resources-num-gpus={gpus_per_client} {federation_extra}".rstrip()
+        cmd = [FLWR, "run", ".", "--stream", "--federation-config", fed, "--run-config", run_config_string(overrides)]
+    else:
+        child = {"engine": engine, "overrides": overrides, "threads": threads, "cpus": cpus_per_client}
+        child["gpus"] = gpus_per_client
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(child)]
+    port = env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
+    load0 = os.getloadavg()[0]
+    t0 = time.time()
+    log = (work / f"{label}.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    roots = (lambda: [proc.pid, *superlink_pids(port)]) if engine == "flwr" else (lambda: [proc.pid])
+    mem = MemorySampler(roots)
+    mem.start()
+    prof: dict[str, dict[str, float]] = {}
+    try:
+        if profile:
+            hook = profile_hook or profile_worker
+            prof = hook(roots, profile, work / label, proc, out / "metrics.csv")
+        proc.wait(timeout=timeout)
+    finally:
+        wall = time.time() - t0
+        mem.stop()
+        log.close()
+        stop_tree([proc.pid, *superlink_pids(port)])
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    if not (out / "metrics.csv").exists():
+        tail = (work / f"{label}.log").read_text()[-3000:]
+        raise RuntimeError(f"{label}: the run wrote no metrics.csv; log tail:\n{tail}")
+    res = _read(out, label, t0, wall, mem, (load0, os.getloadavg()[0]))
+    res.profile = prof
+    return res
+
+
+# -- the in-process Grid -----------------------------------------------------------------------------
+
+
+def _inline_grid_class() -> type:
+    from flwr.app import Context, Message, RecordDict
+    from flwr.serverapp import Grid
+    from flwr.supercore.run import Run
+
+    class InlineGrid(Grid):
+        """A Grid whose nodes live in this process: each message is handed to the ClientApp at once."""
+
+        def __init__(self, client_app: Any, run_config: dict[str, Any], num_nodes: int) -> None:
+            self.app = client_app
+            self._run = Run.create_empty(1)
+            self.contexts = {
+                1000 + i: Context(
+                    run_id=1,
+                    node_id=1000 + i,
+                    node_config={"partition-id": i, "num-partitions": num_nodes},
+                    state=RecordDict(),
+                    run_config=dict(run_config),
+                )
+                for i in range(num_nodes)
+            }
+            self.replies: dict[str, Message] = {}
+
+        def set_run(self, run: Any) -> None:
+            self._run = run
+
+        @property
+        def run(self) -> Any:
+            return self._run
+
+        def create_message(self, content: Any, message_type: str, dst_node_id: int, group_id: str, ttl: Any = None):
+            return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+
+        def get_node_ids(self) -> Iterable[int]:
+            return list(self.contexts)
+
+        def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+            ids = []
+            for msg in messages:
+                mid = str(uuid.uuid4())
+                msg.metadata.__dict__["_message_id"] = mid
+                self.replies[mid] = self.app(msg, self.contexts[msg.metadata.dst_node_id])
+                ids.append(mid)
+            return ids
+
+        def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+            return [self.replies.pop(m) for m in message_ids if m in self.replies]
+
+        def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+            return self.pull_messages(self.push_messages(messages))
+
+    return InlineGrid
+
+
+def _child(spec: dict[str, Any]) -> None:
+    """Entry point of an ``inline`` or ``sim`` run (a fresh process)."""
+    overrides = spec["overrides"]
+    if spec["engine"] == "sim":
+        from simulations.local import run_local
+
+        run_local(overrides, num_cpus=spec["cpus"], num_gpus=spec.get("gpus", 0.0))
+        return
+    import torch
+
+    torch.set_num_threads(int(spec["threads"]))
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from simulations import client_app, server_app
+    from simulations.local import default_run_config
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # what Flower sets per process
+
+    run_config = {**default_run_config(), **overrides}
+    grid = _inline_grid_class()(client_app.app, run_config, int(run_config["num-clients"]))
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    server_app.main(grid, context)
+
+
+# -- profiling one worker ----------------------------------------------------------------------------
+
+#: Categories of a sampled stack, first match wins (checked against the whole stack, innermost frames too).
+CATEGORIES = (
+    ("personal/generic evaluation", ("predict (", "evaluate (fedetf")),
+    ("local training (forward, backward, step)", ("run_phases (",)),
+    ("dataset decode + partition", ("load_federation (", "partition_indices (", "load_dataset (")),
+    ("model build", ("build_model (",)),
+    ("client data loaders (subset copy, normalise)", ("client_loaders (", "dataset (data_prep")),
+    ("run-config parse / method build", ("parse_run_config (", "make_method (", "model_spec (")),
+    (
+        "weights <-> records (state-dict copies)",
+        ("to_torch_state_dict", "from_torch_state_dict", "ArrayRecord", "load (fedetf"),
+    ),
+    ("imports", ("_find_and_load (",)),
+    ("Flower/Ray messaging (serialise, context, actor loop)", ("flwr/", "ray/", "pickle", "grpc", "cloudpickle")),
+)
+
+
+def py_spy() -> str | None:
+    """The py-spy executable, if any (``$PY_SPY`` or PATH)."""
+    return os.environ.get("PY_SPY") or shutil.which("py-spy")
+
+
+def _lines(path: Path) -> int:
+    try:
+        return len(path.read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def _wait_for_round(proc: subprocess.Popen, metrics: Path | None) -> None:
+    while metrics is not None and proc.poll() is None and _lines(metrics) < 2:
+        time.sleep(0.2)
+
+
+def _find(roots: Any, proc: subprocess.Popen, match: Callable[[str], bool], timeout: float = 600) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        for p in process_tree(roots()):
+            if match(cmdline(p)):
+                return p
+        time.sleep(0.2)
+    return None
+
+
+def _record(pid: int, seconds: float, path: Path) -> subprocess.Popen:
+    cmd = [str(py_spy()), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "50", "--idle"]
+    cmd += ["--format", "raw", "--output", str(path), "--nonblocking"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _is_worker(cmd: str) -> bool:
+    return cmd.startswith("ray::ClientAppActor")
+
+
+def profile_worker(
+    roots: Any, seconds: float, stem: Path, proc: subprocess.Popen, after: Path | None = None
+) -> dict[str, dict[str, float]]:
+    """Sample one Ray worker (``ray::ClientAppActor``) with py-spy for ``seconds`` once ``after``
+    (``metrics.csv``) holds a round; its main thread's time per category of :data:`CATEGORIES`."""
+    if py_spy() is None:
+        print("  (no py-spy: pip install py-spy, or set PY_SPY; profile skipped)")
+        return {}
+    _wait_for_round(proc, after)
+    pid = _find(roots, proc, _is_worker)
+    if pid is None:
+        return {}
+    path = stem.with_suffix(".worker.pyspy")
+    _record(pid, seconds, path).wait()
+    return {"one worker's main thread": summarize_profile(path)}
+
+
+def profile_server_and_worker(
+    roots: Any, seconds: float, stem: Path, proc: subprocess.Popen, after: Path | None = None
+) -> dict[str, dict[str, float]]:
+    """Like :func:`profile_worker`, and the process running the ServerApp (``flwr-simulation``, or the
+    ``sim`` child) at the same time: its busiest functions (share of its non-idle samples, all threads)."""
+    if py_spy() is None:
+        print("  (no py-spy: pip install py-spy, or set PY_SPY; profile skipped)")
+        return {}
+    _wait_for_round(proc, after)
+    worker = _find(roots, proc, _is_worker)
+    server = _find(roots, proc, lambda c: "flwr-simulation" in c or "round_cost.py --child" in c)
+    recs = {}
+    for who, pid in (("worker", worker), ("server", server)):
+        if pid is not None:
+            recs[who] = (_record(pid, seconds, stem.with_suffix(f".{who}.pyspy")), stem.with_suffix(f".{who}.pyspy"))
+    out = {}
+    for who, (rec, path) in recs.items():
+        rec.wait()
+        if who == "worker":
+            out["one worker's main thread"] = summarize_profile(path)
+        else:
+            out["ServerApp process, busiest functions"] = top_functions(path)
+    return out
+
+
+#: Leaf frames of a thread that waits (a lock, a sleep, a socket).
+_IDLE_LEAVES = ("wait (threading", "sleep", "select (", "poll (", "_recv", "Worker.main_loop (", "accept (")
+
+
+def top_functions(path: Path, n: int = 12) -> dict[str, float]:
+    """The functions on the most busy (not waiting) stacks of a py-spy raw profile: share of busy samples."""
+    if not path.exists():
+        return {}
+    inclusive: Counter[str] = Counter()
+    busy = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if any(k in frames[-1] for k in _IDLE_LEAVES):
+            continue
+        busy += int(count)
+        for f in set(frames):
+            name, _, where = f.partition(" (")
+            if "threading.py" in where or name in ("<module>", "run", "_run_once") or "runpy" in where:
+                continue
+            inclusive[f"{name} ({where.split(':')[0].split('site-packages/')[-1]})"] += int(count)
+    return {k: v / max(busy, 1) for k, v in inclusive.most_common(n)}
+
+
+def summarize_profile(path: Path) -> dict[str, float]:
+    """Share of the worker's main-thread samples per category of :data:`CATEGORIES` (+ idle, other).
+
+    ``idle`` is the main thread blocked in Ray's task loop, waiting for the next message.
+    """
+    if not path.exists():
+        return {}
+    counts: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if n.isdigit() and stack.startswith("<module> (ray/_private/workers/default_worker.py"):
+            counts[_category(stack)] += int(n)
+    total = sum(counts.values()) or 1
+    return {k: v / total for k, v in counts.most_common()}
+
+
+def _category(stack: str) -> str:
+    if stack.rsplit(";", 1)[-1].startswith("Worker.main_loop ("):
+        return "idle (waiting for the next message)"
+    for name, keys in CATEGORIES:
+        if any(k in stack for k in keys):
+            return name
+    return "other"
+
+
+# -- the benchmark -----------------------------------------------------------------------------------
+
+
+def config_for(dataset: str, method: str, rounds: int, epochs: int) -> dict[str, Any]:
+    """The run config compared: 10 PCDD clients, every client every round."""
+    return {
+        "dataset": dataset,
+        "method": method,
+        "num-clients": 10,
+        "num-server-rounds": rounds,
+        "local-epochs": epochs,
+        "fraction-train": 1.0,
+        "seed": 0,
+    }
+
+
+def _fmt_row(r: Result, ref: Result | None = None) -> str:
+    ratio = f"{r.steady / ref.steady:5.2f}x" if ref else "      "
+    return (
+        f"  {r.label:<24} round 1 {r.rounds[0]:6.2f} s | steady {r.steady:6.2f} s/round {ratio} | "
+        f"start-up {r.startup:5.1f} s | peak PSS {r.peak_pss_mib:6.0f} MiB (RSS sum {r.peak_rss_mib:6.0f}) | "
+        f"load {r.load[0]:.1f}->{r.load[1]:.1f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=["digits", "mnist-5k"])
+    parser.add_argument("--methods", nargs="+", default=["fedavg", "fedgela"])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--local-epochs", type=int, default=10)
+    parser.add_argument("--engine", choices=["flwr", "sim"], default="flwr")
+    parser.add_argument("--profile", type=float, default=0.0, help="py-spy one worker for this many seconds")
+    parser.add_argument("--work", type=Path, default=None, help="folder for runs and logs (default: a temp dir)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(json.loads(args.child))
+        return 0
+    work = args.work or Path(tempfile.mkdtemp(prefix="round-cost-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"# round cost on {os.cpu_count()} cores; runs in {work}")
+    flower_rounds: dict[tuple[str, str], Result] = {}
+    for dataset in args.datasets:
+        for method in args.methods:
+            cfg = config_for(dataset, method, args.rounds, args.local_epochs)
+            print(f"\n## {dataset}, {method}: {run_config_string(cfg)}")
+            tag = f"{dataset}-{method}"
+            plain1 = launch("inline", cfg, work, f"{tag}-inline-1", threads=1)
+            print(_fmt_row(plain1))
+            plain2 = launch("inline", cfg, work, f"{tag}-inline-2", threads=2)
+            print(_fmt_row(plain2, plain1))
+            fl = launch(args.engine, cfg, work, f"{tag}-{args.engine}", profile=args.profile)
+            print(_fmt_row(fl, plain1))
+            print(
+                f"  => {args.engine}/plain(1 thread) = {fl.steady / plain1.steady:.2f}x, "
+                f"{args.engine}/plain(2 threads) = {fl.steady / plain2.steady:.2f}x; "
+                f"start-up {fl.startup:.1f} s vs {plain1.startup:.1f} s"
+            )
+            print("  memory at peak (MiB PSS): " + ", ".join(f"{k} {v:.0f}" for k, v in list(fl.memory.items())[:8]))
+            for who, shares in fl.profile.items():
+                print(f"  {who}: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
+            flower_rounds[(dataset, method)] = fl
+    if {"fedavg", "fedgela"} <= set(args.methods):
+        print()
+        for dataset in args.datasets:
+            a, g = flower_rounds[(dataset, "fedavg")], flower_rounds[(dataset, "fedgela")]
+            print(
+                f"{dataset}: fedgela/fedavg round = {g.steady / a.steady:.2f}x ({g.steady:.2f} s vs {a.steady:.2f} s)"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

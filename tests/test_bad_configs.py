@@ -1,0 +1,286 @@
+"""Malformed run configs and data through the real `flwr run . --stream`: one ERROR line each, no traceback,
+nothing trained or overwritten.
+
+All cases share one local SuperLink (its own FLWR_HOME and ports) and run one after another; each fails in the
+ServerApp before any node is contacted (or in the flwr CLI, for an unknown key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+FLWR = shutil.which("flwr", path=str(Path(sys.executable).parent)) or shutil.which("flwr")
+NODES = 2
+RELATIVE_OUT = "bad-configs-relative-output"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+#: User modules on the SuperLink's PYTHONPATH: one raises while imported, one does not parse, one is no method.
+USER_MODULES = {
+    "badcfg_raising.py": 'raise RuntimeError("boom while importing")\n',
+    "badcfg_syntax.py": "def broken(:\n",
+    "badcfg_plain.py": "class NotAMethod:\n    pass\n",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    #: ``--run-config``; ``{existing}`` (a folder with earlier results), ``{empty}`` (an empty folder) and
+    #: ``{fresh}`` (a path that does not exist yet) are filled in. Unless given, ``output-dir='{fresh}'`` and
+    #: ``num-clients`` = the number of supernodes are added.
+    run_config: str
+    #: Substrings of the one ERROR line (placeholders filled in alike).
+    expect: tuple[str, ...]
+    #: Rejected by the flwr CLI itself, before the app runs.
+    by_flower: bool = False
+    needs_no_gpu: bool = False
+
+
+CASES = [
+    Case("lr-negative", "lr=-1.0", ("lr=-1.0", "allowed: a number > 0")),
+    Case("lr-zero", "lr=0.0", ("lr=0.0", "allowed: a number > 0")),
+    Case("dataset-unknown", "dataset='imagenet'", ("dataset='imagenet'", "allowed: one of", "'digits'")),
+    Case("partition-unknown", "partition='shards'", ("partition='shards'", "allowed: one of 'dirichlet', 'iid'")),
+    Case("method-unknown", "method='fedfoo'", ("method='fedfoo'", "'fedgela'", "'package.module:ClassName'")),
+    Case(
+        "method-module-missing",
+        "method='no_such_pkg.methods:Mine'",
+        ("method='no_such_pkg.methods:Mine'", "cannot import 'no_such_pkg.methods'", "No module named"),
+    ),
+    Case(
+        "method-import-raises",
+        "method='badcfg_raising:Mine'",
+        ("method='badcfg_raising:Mine'", "allowed: an importable", "RuntimeError: boom while importing"),
+    ),
+    Case(
+        "method-not-a-local-method",
+        "method='badcfg_plain:NotAMethod'",
+        ("method='badcfg_plain:NotAMethod'", "is not a fedetf.methods.LocalMethod subclass"),
+    ),
+    Case("server-unknown", "server='fedfoo'", ("server='fedfoo'", "allowed: 'auto', one of", "'fedadam'")),
+    Case(
+        "server-import-fails",
+        "server='badcfg_syntax:Server'",
+        ("server='badcfg_syntax:Server'", "allowed: an importable", "SyntaxError", "badcfg_syntax.py"),
+    ),
+    Case("server-args-not-json", "server-args='eta=0.1'", ("server-args='eta=0.1'", "allowed: a JSON object")),
+    Case(
+        "server-args-unknown-for-fedadam",
+        """server='fedadam' server-args='{"etaa": 0.1}'""",
+        ("""server-args='{"etaa": 0.1}'""", "FedAdam does not take ['etaa']", "allowed:", "'eta'", "'tau'"),
+    ),
+    Case(
+        "method-args-unknown",
+        """method-args='{"temp": 1.0}'""",
+        ("method-args=", "'temperature'", "not ['temp']"),
+    ),
+    Case("fedrs-alpha-range", "method='fedrs' fedrs.alpha=1.5", ("fedrs.alpha=1.5", "allowed: a number >= 0 and <= 1")),
+    Case("fedgela-temperature-zero", "fedgela.temperature=0.0", ("fedgela.temperature=0.0", "allowed: a number > 0")),
+    Case("num-clients-float", "num-clients=2.5", ("num-clients=2.5", "allowed: an integer")),
+    Case("drop-last-string", "drop-last='yes'", ("drop-last='yes'", "allowed: true or false")),
+    Case("fraction-train-zero", "fraction-train=0.0", ("fraction-train=0.0", "allowed: a number in (0, 1]")),
+    Case("classes-per-client-above-k", "classes-per-client=11", ("classes-per-client=11", "an integer in [1, 10]")),
+    Case("feature-dim-below-k-1", "feature-dim=5", ("feature-dim=5", "allowed: an integer >= num_classes - 1 = 9")),
+    Case("batch-size-zero", "batch-size=0", ("batch-size=0", "allowed: an integer >= 1")),
+    Case(
+        "output-dir-relative",
+        f"output-dir='{RELATIVE_OUT}'",
+        (f"output-dir='{RELATIVE_OUT}'", "allowed: an absolute path"),
+    ),
+    Case(
+        "output-dir-not-empty",
+        "output-dir='{existing}'",
+        ("output-dir='{existing}' exists and is not empty", "allowed: a new or empty folder"),
+    ),
+    Case(
+        "dataset-folder-missing",
+        "dataset='cifar10' data-root='{empty}' download=false",
+        ("dataset 'cifar10' not found in {empty}", "download=true", "python -m data_prep.vision cifar10"),
+    ),
+    Case(
+        "weights-file-missing",
+        "pretrained-weights='{empty}/effnet.pt'",
+        ("pretrained-weights='{empty}/effnet.pt'", "allowed: an existing weights file"),
+    ),
+    Case(
+        "simple-cnn-on-8x8",
+        "model='simple-cnn'",
+        ("model='simple-cnn'", "28x28 or 32x32 only", "8x8 dataset='digits'", "'cnn'"),
+    ),
+    Case(
+        "efficientnet-on-1-channel",
+        "model='efficientnet_b0'",
+        ("model='efficientnet_b0'", "allowed: 'cnn' or 'resnet18'", "1-channel dataset='digits'"),
+    ),
+    Case(
+        "cuda-without-gpu",
+        "device='cuda'",
+        ("device='cuda'", "no GPU", "allowed: 'auto' or 'cpu'"),
+        needs_no_gpu=True,
+    ),
+    Case(
+        "num-clients-not-num-supernodes",
+        "num-clients=3",
+        ("num-clients=3", f"the federation has {NODES} supernodes", "'num-supernodes=3'", f"'num-clients={NODES}'"),
+    ),
+    Case(
+        "resume-without-output-dir", "resume=true output-dir=''", ("resume=true", "allowed: true only with output-dir")
+    ),
+    Case(
+        "resume-without-checkpoint",
+        "resume=true output-dir='{existing}'",
+        ("cannot resume", "{existing}/checkpoint.pt does not exist"),
+    ),
+    Case("fault-rate-one", "fault-rate=1.0", ("fault-rate=1.0", "allowed: a number in [0, 1)")),
+    Case(
+        "pcdd-assignment-unknown",
+        "pcdd-assignment='random'",
+        ("pcdd-assignment='random'", "allowed: one of 'flwr', 'sequential'"),
+    ),
+    Case("generic-test-unknown", "generic-test='half'", ("generic-test='half'", "allowed: one of 'balanced', 'full'")),
+    Case(
+        "pcdd-class-shared-by-too-many",
+        "partition='pcdd' classes-per-client=1 num-clients=2000",
+        ("num-clients=2000", "partition 'pcdd' leaves client", "without class", "lower num-clients"),
+    ),
+    Case(
+        "dirichlet-too-many-clients",
+        "partition='dirichlet' num-clients=2000",
+        ("num-clients=2000", "partition 'dirichlet' leaves client", "no train samples", "lower num-clients"),
+    ),
+    Case("unknown-key", "learning-rate=0.1", ("Invalid run configuration",), by_flower=True),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fill(text: str, names: dict[str, str]) -> str:
+    for name, value in names.items():
+        text = text.replace("{" + name + "}", value)
+    return text
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` with a hash of its bytes (and its mode)."""
+    return {
+        str(p.relative_to(folder)): f"{hashlib.sha256(p.read_bytes()).hexdigest()} {p.stat().st_mode:o}"
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@dataclass
+class Setup:
+    env: dict[str, str]
+    tmp: Path
+    existing: Path
+    empty: Path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    tmp = tmp_path_factory.mktemp("bad-configs")
+    modules = tmp / "usermods"
+    modules.mkdir()
+    for name, text in USER_MODULES.items():
+        (modules / name).write_text(text)
+    # Earlier results that no bad run may touch (no checkpoint: resume must refuse it).
+    existing = tmp / "earlier-run"
+    existing.mkdir()
+    (existing / "MARKER").write_text("results of an earlier run\n")
+    (existing / "metrics.csv").write_text("round,generic_acc,personal_acc\n1,0.5,0.6\n2,0.55,0.65\n")
+    (existing / "run.json").write_text(json.dumps({"status": "running", "config": {}}))
+    empty = tmp / "empty"
+    empty.mkdir()
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp / "flwr-home"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(modules), os.environ.get("PYTHONPATH", "")) if p),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+    }
+    yield Setup(env, tmp, existing, empty)
+    # `flwr run` leaves its local SuperLink running: stop the one this module started (by its control port).
+    out = subprocess.run(
+        ["pgrep", "-f", f"flower-superlink.*{env['FLWR_LOCAL_CONTROL_API_PORT']}"], capture_output=True, text=True
+    )
+    for pid in out.stdout.split():
+        os.kill(int(pid), signal.SIGTERM)
+    time.sleep(1)
+
+
+def _flwr_run(env: dict[str, str], run_config: str) -> str:
+    cmd = [
+        FLWR,
+        "run",
+        ".",
+        "--stream",
+        "--federation-config",
+        f"num-supernodes={NODES} client-resources-num-cpus=1",
+        "--run-config",
+        run_config,
+    ]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return ANSI.sub("", res.stdout + res.stderr)
+
+
+@pytest.mark.skipif(FLWR is None, reason="flwr CLI not on PATH")
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_config_fails_in_one_line(setup: Setup, case: Case) -> None:
+    if case.needs_no_gpu and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    fresh = setup.tmp / f"fresh-{case.id}"
+    names = {"existing": str(setup.existing), "empty": str(setup.empty), "fresh": str(fresh)}
+    run_config = _fill(case.run_config, names)
+    if "output-dir=" not in run_config:
+        run_config += f" output-dir='{fresh}'"
+    if "num-clients=" not in run_config:
+        run_config += f" num-clients={NODES}"
+    run_config += " num-server-rounds=1 local-epochs=1"  # should a case ever train, it ends soon
+    before = _snapshot(setup.existing)
+
+    log = _flwr_run(setup.env, run_config)
+
+    tail = log[-4000:]
+    assert "Traceback (most recent call last)" not in log, tail
+    errors = [line for line in log.splitlines() if line.lstrip().startswith("ERROR")]
+    if case.by_flower:
+        assert not errors, tail
+        assert "Successfully started run" not in log, tail
+        for text in case.expect:
+            assert text in log, tail
+    else:
+        assert len(errors) == 1, tail
+        for text in case.expect:
+            assert _fill(text, names) in errors[0], errors[0]
+    # Nothing trained, nothing written: no results folder announced, earlier results intact, no fresh folder.
+    assert "results ->" not in log and "round 1:" not in log, tail
+    assert _snapshot(setup.existing) == before
+    assert not fresh.exists()
+    assert not any(setup.empty.iterdir())
+    assert not (ROOT / RELATIVE_OUT).exists()
+    assert not (Path(setup.env["FLWR_HOME"]) / RELATIVE_OUT).exists()

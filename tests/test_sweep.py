@@ -1,0 +1,378 @@
+"""fedetf-sweep and fedetf-report: plan, resume and failure logic (fast, with a fake runner), the report on
+synthetic runs, and one real sweep through `flwr run` on digits (killed once, resumed, with failing runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from flwr.common.config import parse_config_args
+
+from simulations import report, sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _main(module: Any, argv: list[str]) -> int:
+    try:
+        module.main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def _plan(*argv: str) -> list[sweep.PlannedRun]:
+    args = sweep._parser().parse_args([*argv, "--out", "/tmp/unused"])
+    args.argv = list(argv)
+    return sweep.prepare(args)[1]
+
+
+def test_plan_crosses_methods_grid_and_seeds_and_flower_parses_its_run_config() -> None:
+    plan = _plan(
+        "--methods", "fedavg", "fedgela", "--seeds", "0", "1", "--set", "dataset=digits", "--set", "num-clients=4",
+        "--set", "lr=0.05", "--grid", "temperature=0.2,1e-5", "--set", "method-args='{\"a\": 1}'",
+    )  # fmt: skip
+    names = [r.name for r in plan]
+    assert names == [
+        "fedavg_seed0",
+        "fedgela_temperature=0.2_seed0",
+        "fedgela_temperature=1e-5_seed0",
+        "fedavg_seed1",
+        "fedgela_temperature=0.2_seed1",
+        "fedgela_temperature=1e-5_seed1",
+    ]
+    fedavg, gela = plan[0], plan[2]
+    assert "fedgela.temperature" not in fedavg.overrides, "a method's grid key does not multiply other methods"
+    assert gela.overrides["fedgela.temperature"] == 1e-5 and gela.grid == {"fedgela.temperature": 1e-5}
+    assert {r.num_supernodes for r in plan} == {4} and {r.rounds for r in plan} == {20}
+    for run in plan:
+        parsed = parse_config_args([sweep.run_config_string(run.overrides)])
+        assert parsed == run.overrides and all(type(parsed[k]) is type(v) for k, v in run.overrides.items())
+    assert gela.overrides["dataset"] == "digits" and gela.overrides["method-args"] == '{"a": 1}'
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--grid", "lrr=1,2"], "unknown run-config key 'lrr'; did you mean lr?"),
+        (["--set", "method=fedavg"], "'method' is set by --methods"),
+        (["--methods", "fedavg", "--grid", "fedprox.mu=0.1,1"], "a setting of 'fedprox', which is not among --methods"),
+        (["--seeds", "0", "0"], "a seed is given twice"),
+        (["--grid", "lr=0.1,0.10"], "0.1 is given twice"),
+        (["--grid", "dataset='a b','a-b'"], "get the same folder name 'fedgela_dataset=a-b_seed0'"),
+        (["--set", "local-epochs"], "allowed: KEY=VALUE"),
+        (["--cpus-per-client", "0"], "--cpus-per-client 0: allowed: an integer >= 1"),
+    ],
+)
+def test_bad_arguments_fail_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _main(sweep, [*argv, "--out", "/tmp/unused", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedetf-sweep: error:") and message in err and "\n" not in err
+
+
+# ----------------------------------------------------------------------------- resume and failures (fake runner)
+
+
+def _write_finished(run_dir: Path, run: sweep.PlannedRun, status: str = "finished") -> None:
+    defaults = sweep.app_defaults(ROOT)
+    info = {"status": status, "config": {**defaults, **run.overrides}, "seed": run.seed, "method": run.method}
+    info["timings"] = {"total_seconds": 0.5}
+    (run_dir / "run.json").write_text(json.dumps(info))
+    pd.DataFrame({"round": [1, 2], "personal_acc": [0.5, 0.6], "generic_acc": [0.4, 0.5]}).to_csv(
+        run_dir / "metrics.csv", index=False
+    )
+
+
+@pytest.fixture
+def fake_flwr(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Replace `flwr run` by a fake: `-1.0` fails validation, `interrupt` names a run cut by Ctrl-C."""
+    calls: dict[str, Any] = {"executed": [], "stopped": [], "interrupt": None}
+
+    def execute(self: sweep.Runner, run: sweep.PlannedRun, run_dir: Path, log_path: Path, progress: Any,
+                timeout: float | None, on_run_id: Any = None) -> sweep.Outcome:  # fmt: skip
+        calls["executed"].append(run.name)
+        log_path.write_text(f"log of {run.name}\n")
+        on_run_id("42")
+        if "-1.0" in run.name:
+            return sweep.Outcome(False, "invalid run config: lr=-1.0; allowed: a number > 0", 0.1)
+        run_dir.mkdir()
+        progress.on_round(0)
+        if run.name == calls["interrupt"]:
+            _write_finished(run_dir, run, status="running")
+            raise KeyboardInterrupt
+        progress.on_round(1)
+        progress.on_round(2)
+        _write_finished(run_dir, run)
+        return sweep.Outcome(True, None, 0.1, run_id="42")
+
+    monkeypatch.setattr(sweep.Runner, "execute", execute)
+    monkeypatch.setattr(sweep.Runner, "stop", lambda self, run_id: calls["stopped"].append(run_id))
+    monkeypatch.setattr(sweep, "superlink_running", lambda env: True)
+    return calls
+
+
+def test_interrupted_sweep_resumes_and_failures_are_recorded(fake_flwr: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    argv = ["--methods", "fedavg", "--seeds", "0", "1", "--grid", "lr=0.01,-1.0", "--out", str(out), "--no-progress"]
+    fake_flwr["interrupt"] = "fedavg_lr=0.01_seed1"
+    assert _main(sweep, argv) == 130
+    state = json.loads((out / "sweep.json").read_text())
+    assert [r["status"] for r in state["runs"]] == ["finished", "failed", "pending", "pending"]
+    assert state["runs"][1]["error"] == "invalid run config: lr=-1.0; allowed: a number > 0"
+    assert state["report_by"] == ["method", "lr"]
+    first_mtime = (out / "runs" / "fedavg_lr=0.01_seed0" / "run.json").stat().st_mtime_ns
+
+    # As after SIGKILL: the cut run still marked running, with its Flower run id, is stopped before it is redone.
+    state["runs"][2].update(status="running", run_id="777")
+    (out / "sweep.json").write_text(json.dumps(state))
+    fake_flwr["interrupt"], fake_flwr["executed"] = None, []
+    assert _main(sweep, argv) == 1
+    assert fake_flwr["stopped"] == ["777"]
+    assert fake_flwr["executed"] == ["fedavg_lr=-1.0_seed0", "fedavg_lr=0.01_seed1", "fedavg_lr=-1.0_seed1"]
+    assert (out / "runs" / "fedavg_lr=0.01_seed0" / "run.json").stat().st_mtime_ns == first_mtime
+    moved = out / "runs" / "fedavg_lr=0.01_seed1.incomplete-1"
+    assert json.loads((moved / "run.json").read_text())["status"] == "running", "the cut run is kept, not deleted"
+    assert sweep.run_finished(out / "runs" / "fedavg_lr=0.01_seed1")
+    assert (out / "logs" / "fedavg_lr=0.01_seed1.1.log").exists(), "the cut run's log is kept"
+    state = json.loads((out / "sweep.json").read_text())
+    assert [r["status"] for r in state["runs"]] == ["finished", "failed", "finished", "failed"]
+
+    # Nothing left to do but the failing runs; different settings for finished runs are refused.
+    fake_flwr["executed"] = []
+    assert _main(sweep, argv) == 1 and fake_flwr["executed"] == ["fedavg_lr=-1.0_seed0", "fedavg_lr=-1.0_seed1"]
+    assert _main(sweep, [*argv, "--set", "local-epochs=2"]) == 2
+
+
+# ----------------------------------------------------------------------------- the report on synthetic runs
+
+ROUNDS = np.arange(1, 7)
+
+
+def _synthetic_run(root: Path, method: str, seed: int, nc: bool, temperature: float | None = None) -> Path:
+    name = f"{method}_seed{seed}" if temperature is None else f"{method}_temperature={temperature}_seed{seed}"
+    d = root / "runs" / name
+    d.mkdir(parents=True)
+    shift = 0.1 if method == "fedgela" else 0.0
+    metrics: dict[str, Any] = {"round": ROUNDS}
+    for view in ("generic_acc", "generic_bacc", "personal_acc", "personal_bacc", "personal_acc_before",
+                 "personal_bacc_before", "personal_acc_client_mean"):  # fmt: skip
+        metrics[view] = 0.4 + 0.05 * ROUNDS + shift + 0.01 * seed
+    if nc:
+        metrics |= {"nc1": 1.0 / ROUNDS, "nc_equiangularity": 0.1 / ROUNDS, "nc_self_duality": 0.5 / ROUNDS}
+        metrics |= {
+            "angle_missing": 60 + ROUNDS,
+            "angle_present": 95 + 0 * ROUNDS,
+            "space_missing_share": 0.1 + 0 * ROUNDS,
+        }
+    pd.DataFrame(metrics).to_csv(d / "metrics.csv", index=False)
+    rows = [
+        {"round": r, "partition_id": p, "personal_acc": 0.1 * p + 0.01 * r + shift + 0.01 * seed}
+        for r in ROUNDS
+        for p in range(3)
+    ]
+    pd.DataFrame(rows).to_csv(d / "clients.csv", index=False)
+    config = {"method": method, "seed": seed, "local-epochs": 1, "fedgela.temperature": temperature or 0.2}
+    settings = {"fedgela.temperature": temperature or 0.2} if method == "fedgela" else {}
+    info = {"status": "finished", "config": config, "seed": seed, "method": method, "method_settings": settings}
+    (d / "run.json").write_text(json.dumps(info))
+    return d
+
+
+def _synthetic_sweep(root: Path, nc: bool) -> Path:
+    runs = [{"name": _synthetic_run(root, "fedavg", s, nc).name, "status": "finished"} for s in (0, 1)]
+    runs += [{"name": _synthetic_run(root, "fedgela", s, nc, 0.2).name, "status": "finished"} for s in (0, 1)]
+    runs.append({"name": "fedgela_temperature=-1.0_seed0", "status": "failed", "error": "invalid run config: x"})
+    state = {
+        "command": ["fedetf-sweep", "--methods", "fedavg", "fedgela"],
+        "report_by": ["method", "fedgela.temperature"],
+    }
+    (root / "sweep.json").write_text(json.dumps({**state, "runs": runs}))
+    return root
+
+
+def test_report_on_a_synthetic_sweep(tmp_path: Path) -> None:
+    root = _synthetic_sweep(tmp_path / "sweep", nc=True)
+    assert _main(report, [str(root)]) == 0
+    out = root / "report"
+    table = pd.read_csv(out / "table.csv")
+    assert list(table["method"]) == ["fedavg", "fedgela"] and list(table["fedgela.temperature"]) == ["-", "0.2"]
+    gela = table.iloc[1]
+    # the last 5 of rounds 1..6 are 2..6 (mean round 4): 0.4 + 0.2 + 0.1 + seed offsets 0.00/0.01 -> 0.705
+    assert gela["personal_acc_last5"] == pytest.approx(0.705) and gela["personal_acc_diff"] == pytest.approx(0.1)
+    assert gela["personal_acc_wins"] == 2 and gela["generic_acc_best"] == pytest.approx(0.705 + 0.1)
+    md = (out / "table.md").read_text()
+    assert "### personal_acc_before" in md and "### generic_bacc" in md
+    assert "failed: fedgela_temperature=-1.0_seed0: invalid run config: x" in md
+    heat = pd.read_csv(out / "heatmap.csv", index_col=0)
+    assert list(heat.columns) == ["fedavg", "fedgela fedgela.temperature=0.2"], "labels show only used settings"
+    # client 2, fedavg: rounds 2..6 -> 0.2 + 0.04, seeds 0 and 1 -> + 0.005
+    assert heat.loc[2, "fedavg"] == pytest.approx(0.245)
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["curves_acc.png", "curves_bacc.png", "heatmap.png", "nc1.png", "nc_angles.png",
+                    "nc_equiangularity.png", "nc_self_duality.png", "nc_space_missing_share.png"]  # fmt: skip
+    page = (out / "index.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(pngs) and "<table>" in page
+    assert "fedgela_temperature=-1.0_seed0" in page and 'src="http' not in page
+
+
+def test_report_without_nc_columns_notes_it_and_needs_out_for_run_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _synthetic_sweep(tmp_path / "sweep", nc=False)
+    runs = sorted((root / "runs").glob("*"))
+    assert _main(report, [str(r) for r in runs]) == 2
+    assert "give --out DIR" in capsys.readouterr().err
+    out = tmp_path / "rep"
+    assert _main(report, [str(r) for r in runs] + ["--out", str(out)]) == 0
+    assert "neural-collapse figures skipped" in capsys.readouterr().out
+    assert not list(out.glob("nc*.png")) and "neural-collapse figures skipped" in (out / "index.html").read_text()
+    assert list(pd.read_csv(out / "table.csv").columns[:1]) == ["method"], "no setting differs within a method"
+    assert _main(report, [str(tmp_path / "nothing")]) == 2
+
+
+# ----------------------------------------------------------------------------- a real sweep through `flwr run`
+
+FLWR = shutil.which("flwr", path=str(Path(sys.executable).parent))
+SWEEP_ARGS = [
+    "--methods", "fedavg", "fedgela", "--seeds", "0", "1",
+    "--set", "dataset=digits", "--set", "num-clients=4", "--set", "num-server-rounds=2", "--set", "local-epochs=1",
+    "--grid", "fedgela.temperature=0.2,-1.0",
+]  # fmt: skip
+FIRST, CUT = "fedavg_seed0", "fedgela_temperature=0.2_seed0"
+FAILED = ["fedgela_temperature=-1.0_seed0", "fedgela_temperature=-1.0_seed1"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entries(out: Path) -> dict[str, dict[str, Any]]:
+    try:
+        return {r["name"]: r for r in json.loads((out / "sweep.json").read_text())["runs"]}
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.fixture(scope="module")
+def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Start the sweep, SIGTERM it once its first run finished and the second run's folder exists, rerun it."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    out = tmp / "sweep"
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp / "flwr-home"),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+    }
+    cmd = [sys.executable, "-m", "simulations.sweep", *SWEEP_ARGS, "--out", str(out)]
+    result: dict[str, Any] = {"out": out}
+    try:
+        t0 = time.monotonic()
+        first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while first.poll() is None and time.monotonic() - t0 < 400:
+            entries = _entries(out)
+            if entries.get(FIRST, {}).get("status") == "finished" and (out / "runs" / CUT).exists():
+                first.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.1)
+        stdout, stderr = first.communicate(timeout=120)
+        result |= {"first_rc": first.returncode, "first_out": stdout, "first_err": stderr}
+        result["before"] = _entries(out)
+        result["first_mtime"] = (out / "runs" / FIRST / "run.json").stat().st_mtime_ns
+        second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        result |= {"second_rc": second.returncode, "second_out": second.stdout, "second_err": second.stderr}
+        rep = subprocess.run(
+            [sys.executable, "-m", "simulations.report", str(out)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        result |= {"report_rc": rep.returncode, "report_out": rep.stdout + rep.stderr, "seconds": time.monotonic() - t0}
+        yield result
+    finally:
+        # `flwr run` leaves its local SuperLink running: stop the one this test started (by its unique port).
+        found = subprocess.run(
+            ["pgrep", "-f", f"flower-superlink.*{env['FLWR_LOCAL_CONTROL_API_PORT']}"], capture_output=True, text=True
+        )
+        for pid in found.stdout.split():
+            os.kill(int(pid), signal.SIGTERM)
+        time.sleep(1)
+
+
+pytestmark_real = pytest.mark.skipif(FLWR is None, reason="flwr CLI not installed")
+
+
+@pytestmark_real
+def test_real_sweep_produces_every_artefact(real_sweep: dict[str, Any]) -> None:
+    out: Path = real_sweep["out"]
+    log = real_sweep["second_out"] + real_sweep["second_err"][-3000:]
+    entries = _entries(out)
+    assert len(entries) == 6
+    finished = sorted(n for n, r in entries.items() if r["status"] == "finished")
+    assert finished == sorted(set(entries) - set(FAILED)), log
+    for name in finished:
+        assert sweep.run_finished(out / "runs" / name) and (out / "logs" / f"{name}.log").exists()
+        assert list(pd.read_csv(out / "runs" / name / "metrics.csv")["round"]) == [1, 2]
+    # Runs of one seed share their partitions: same test examples per client for both methods.
+    for seed in (0, 1):
+        sizes = [
+            pd.read_csv(out / "runs" / n / "clients.csv").groupby("partition_id")["test_examples"].first().tolist()
+            for n in (f"fedavg_seed{seed}", f"fedgela_temperature=0.2_seed{seed}")
+        ]
+        assert sizes[0] == sizes[1] and len(sizes[0]) == 4
+    assert "round 2/2" in real_sweep["second_err"] and "ETA" in real_sweep["second_err"], "progress bar"
+    assert real_sweep["report_rc"] == 0, real_sweep["report_out"]
+    rep = out / "report"
+    table = pd.read_csv(rep / "table.csv")
+    assert list(table["method"]) == ["fedavg", "fedgela"] and list(table["runs"]) == [2, 2]
+    assert "personal_acc_diff" in table.columns
+    for name in ("table.md", "curves_acc.png", "curves_bacc.png", "heatmap.png", "index.html"):
+        assert (rep / name).stat().st_size > 0
+    page = (rep / "index.html").read_text()
+    assert page.count('src="data:image/png;base64,') >= 3 and "fedgela_temperature=-1.0_seed1" in page
+
+
+@pytestmark_real
+def test_killed_sweep_resumes_without_redoing_finished_runs(real_sweep: dict[str, Any]) -> None:
+    out: Path = real_sweep["out"]
+    assert real_sweep["first_rc"] == 130, real_sweep["first_err"][-3000:]
+    before, after = real_sweep["before"], _entries(out)
+    assert before[FIRST]["status"] == "finished" and after[FIRST]["ended"] == before[FIRST]["ended"]
+    assert (out / "runs" / FIRST / "run.json").stat().st_mtime_ns == real_sweep["first_mtime"]
+    assert "runs finished earlier are skipped" in real_sweep["second_err"] + real_sweep["second_out"]
+    incomplete = out / "runs" / f"{CUT}.incomplete-1"
+    if before[CUT]["status"] == "finished":  # the cut came after the run had ended: nothing to redo
+        assert not incomplete.exists() and after[CUT]["ended"] == before[CUT]["ended"]
+    else:
+        assert before[CUT]["status"] == "pending" and incomplete.is_dir(), "the cut run's folder is kept aside"
+        assert not sweep.run_finished(incomplete) and sweep.run_finished(out / "runs" / CUT)
+
+
+@pytestmark_real
+def test_failing_run_is_recorded_and_reported(real_sweep: dict[str, Any]) -> None:
+    out: Path = real_sweep["out"]
+    assert real_sweep["second_rc"] == 1
+    entries = _entries(out)
+    for name in FAILED:
+        assert entries[name]["status"] == "failed"
+        assert entries[name]["error"] == "invalid run config: fedgela.temperature=-1.0; allowed: a number > 0"
+        assert f"failed: {name}: invalid run config" in (out / "report" / "table.md").read_text()
+    assert f"failed run: {FAILED[0]}" in real_sweep["report_out"]
