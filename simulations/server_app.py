@@ -206,6 +206,12 @@ def _describe(recorder: RunRecorder, cfg: RunConfig, method: LocalMethod, strate
     )
 
 
+def client_error(reply: Message) -> str:
+    """The one-line reason of a client's error reply (Flower wraps the exception's text)."""
+    reason = reply.error.reason.strip().splitlines()[-1] if reply.error.reason.strip() else "unknown error"
+    return reason.split("Message: ", 1)[-1].rstrip("'>").strip()
+
+
 class _Run:
     """The ServerApp's side of one run: collects client rows and states, evaluates, records, checkpoints."""
 
@@ -231,7 +237,7 @@ class _Run:
     def on_train_replies(self, replies: list[Message]) -> None:
         failed = [r for r in replies if r.has_error()]
         if replies and len(failed) == len(replies):
-            reason = failed[0].error.reason.strip().splitlines()[-1]
+            reason = client_error(failed[0])
             raise RuntimeError(f"all {len(replies)} sampled clients failed this round; first error: {reason}")
         for r in replies:  # states go to the checkpoint, never to the strategy
             if not r.has_error() and STATE_REPLY in r.content:

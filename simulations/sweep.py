@@ -39,6 +39,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from fedetf.io import atomic_write_text
+
 Value = bool | int | float | str
 #: Keys the sweep sets itself (``--methods``, ``--seeds``, the run folder).
 RESERVED = {"method": "--methods", "seed": "--seeds", "output-dir": "the sweep (SWEEP_DIR/runs/<name>)"}
@@ -457,6 +459,15 @@ def first_error(lines: Sequence[str]) -> str | None:
     return None
 
 
+def _recorded_error(run_dir: Path) -> str | None:
+    """The one-line error the app wrote into ``run.json`` (when training itself failed)."""
+    try:
+        error = json.loads((run_dir / "run.json").read_text()).get("error")
+    except (OSError, ValueError):
+        return None
+    return str(error).strip().splitlines()[0] if error and str(error).strip() else None
+
+
 def _fallback_error(lines: Sequence[str], returncode: int | None) -> str:
     text = [line.strip() for line in lines if line.strip()]
     flagged = [t for t in text if "❌" in t or "Error" in t or "error" in t]
@@ -561,7 +572,7 @@ class Runner:
         if timed_out:
             out.error = f"timed out after {timeout:g} s (--timeout); the run was stopped"
         elif not out.finished:
-            out.error = first_error(out.lines) or _fallback_error(out.lines, out.returncode)
+            out.error = _recorded_error(run_dir) or first_error(out.lines) or _fallback_error(out.lines, out.returncode)
         return out
 
     def _consume(self, line: str, out: Outcome, log: Any, progress: Progress, t0: float) -> None:
@@ -636,16 +647,6 @@ def _default_app() -> Path:
     """This project's folder (the source tree of an editable install), else the current folder."""
     here = Path(__file__).resolve().parent.parent
     return here if (here / "pyproject.toml").exists() else Path.cwd()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically (``fedetf.io`` would import torch into this long-lived process)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _parser() -> argparse.ArgumentParser:

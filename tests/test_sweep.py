@@ -158,6 +158,16 @@ def test_interrupted_sweep_resumes_and_failures_are_recorded(fake_flwr: dict[str
     assert _main(sweep, [*argv, "--set", "local-epochs=2"]) == 2
 
 
+def test_error_line_of_a_failed_run(tmp_path: Path) -> None:
+    raw = ["\x1b[92mINFO \x1b[0m:      Starting", "\x1b[91mERROR \x1b[0m:     invalid run config: lr=-1.0; allowed: x"]
+    raw.append("ERROR : later")
+    assert sweep.first_error([sweep.ANSI.sub("", line) for line in raw]) == "invalid run config: lr=-1.0; allowed: x"
+    assert sweep._recorded_error(tmp_path) is None
+    (tmp_path / "run.json").write_text(json.dumps({"status": "failed", "error": "all 4 sampled clients failed\nmore"}))
+    assert sweep._recorded_error(tmp_path) == "all 4 sampled clients failed" and not sweep.run_finished(tmp_path)
+    assert "exited with code 0" in sweep._fallback_error(["a", "Error: b"], 0)
+
+
 # ----------------------------------------------------------------------------- the report on synthetic runs
 
 ROUNDS = np.arange(1, 7)
@@ -317,10 +327,11 @@ def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         time.sleep(1)
 
 
-pytestmark_real = pytest.mark.skipif(FLWR is None, reason="flwr CLI not installed")
+needs_flwr = pytest.mark.skipif(FLWR is None, reason="flwr CLI not installed")
 
 
-@pytestmark_real
+@pytest.mark.slow
+@needs_flwr
 def test_real_sweep_produces_every_artefact(real_sweep: dict[str, Any]) -> None:
     out: Path = real_sweep["out"]
     log = real_sweep["second_out"] + real_sweep["second_err"][-3000:]
@@ -350,7 +361,8 @@ def test_real_sweep_produces_every_artefact(real_sweep: dict[str, Any]) -> None:
     assert page.count('src="data:image/png;base64,') >= 3 and "fedgela_temperature=-1.0_seed1" in page
 
 
-@pytestmark_real
+@pytest.mark.slow
+@needs_flwr
 def test_killed_sweep_resumes_without_redoing_finished_runs(real_sweep: dict[str, Any]) -> None:
     out: Path = real_sweep["out"]
     assert real_sweep["first_rc"] == 130, real_sweep["first_err"][-3000:]
@@ -366,7 +378,8 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(real_sweep: dict[str
         assert not sweep.run_finished(incomplete) and sweep.run_finished(out / "runs" / CUT)
 
 
-@pytestmark_real
+@pytest.mark.slow
+@needs_flwr
 def test_failing_run_is_recorded_and_reported(real_sweep: dict[str, Any]) -> None:
     out: Path = real_sweep["out"]
     assert real_sweep["second_rc"] == 1
