@@ -21,11 +21,12 @@ BASE = {"num-server-rounds": 4, "local-epochs": 1, "num-clients": 4, "fraction-t
 @pytest.mark.parametrize(
     "name,overrides",
     [
-        ("fedavg", {"method": "fedavg"}),
+        # FedAvg's client with a server optimiser (FedAdam's moments and bias correction by round).
+        ("fedavg+fedadam", {"method": "fedavg", "server": "fedadam", "server-args": '{"eta": 0.01}'}),
+        # FedGELA with the server-side ETF rotation (a broadcast record in the strategy's state).
         ("fedgela", {"method": "fedgela", "fedgela.nearest-etf": True}),
-        ("fedadam", {"method": "fedavg", "server": "fedadam", "server-args": '{"eta": 0.01}'}),
+        # A stateful client method (each client's c_i) with server state (the global c).
         ("scaffold", {"method": "scaffold"}),
-        ("fedrep", {"method": "fedrep"}),
     ],
 )
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path, name: str, overrides: dict) -> None:
