@@ -13,6 +13,7 @@ from fedetf.methods import LocalMethod, ModelSpec
 from fedetf.models import FedModel
 from fedetf.train import initial_state
 from simulations.config import RunConfig
+from simulations.placement import client_device
 
 
 def federation(cfg: RunConfig) -> Federation:
@@ -76,11 +77,8 @@ def model_buffer(method: LocalMethod) -> tuple[FedModel, dict[str, torch.Tensor]
 
 
 def device(cfg: RunConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("invalid run config: device='cuda' but torch sees no GPU; allowed: 'auto' or 'cpu'")
-    return torch.device(cfg.device)
+    """The torch device of this process for the run (the GPU Ray assigned to a client; see ``placement``)."""
+    return client_device(cfg.device)
 
 
 def round_seed(seed: int, server_round: int, partition_id: int) -> int:
