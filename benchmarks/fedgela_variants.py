@@ -105,7 +105,7 @@ def table(dirs: list[Path], last_k: int = 5) -> pd.DataFrame:
             out[v] = f"{100 * row[f'{v}_last{last_k}']:.1f} ± {100 * row[f'{v}_last{last_k}_std']:.1f}"
         rows.append(out)
     frame = pd.DataFrame(rows).set_index(by)
-    for v in ("generic_acc", "personal_acc"):
+    for v in ("generic_acc", "personal_acc_before", "personal_acc"):
         diffs = paired_differences(runs, by, v, baseline="fedavg", last_k=last_k)
         col = f"{v} - fedavg"
         frame[col] = ""

@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             cpus_per_client=cpus,
             gpus_per_client=args.gpus_per_client,
             federation_extra=extra,
+            ray_niceness=None,  # Ray's default
         )
     finally:
         if gpu:

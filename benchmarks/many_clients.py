@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=["flwr", "sim"], default="flwr")
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy a worker and the server for S seconds")
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--ray-niceness", type=int, default=0, help="niceness of Ray's workers; -1: Ray's default (15)")
     args = parser.parse_args(argv)
 
     from benchmarks.round_cost import launch, profile_server_and_worker
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             f.unlink()
         cfg = _config(n, args.rounds, root, logs, args.images)
         hook = profile_server_and_worker if args.profile else None
-        res = launch(args.engine, cfg, work, f"clients-{n}", profile=args.profile, profile_hook=hook)
+        nice = None if args.ray_niceness < 0 else args.ray_niceness
+        res = launch(args.engine, cfg, work, f"clients-{n}", profile=args.profile, profile_hook=hook, ray_niceness=nice)
         busy, fixed, seen = _overheads(res.rounds, logs, generic)
         row = {
             "clients": n,

@@ -287,17 +287,22 @@ def launch(
     federation_extra: str = "",
     timeout: float = 3600,
     profile_hook: Callable[..., dict[str, dict[str, float]]] | None = None,
+    ray_niceness: int | None = 0,
 ) -> Result:
     """Run ``overrides`` with ``engine`` (``flwr``, ``sim`` or ``inline``) and measure it.
 
     ``threads`` is the number of torch threads of the inline process; ``flwr`` and ``sim``
     give each client ``cpus_per_client`` CPUs (Ray sets its workers' OMP_NUM_THREADS to that).
     ``profile`` > 0 calls ``profile_hook`` (default :func:`profile_worker`) once round 1 is over.
+    ``ray_niceness``: the niceness of Ray's workers (``RAY_worker_niceness``; Ray's default, None, is 15,
+    which on a shared machine lets every other process go first; 0 matches the plain loop's priority).
     """
     out = work / label
     shutil.rmtree(out, ignore_errors=True)
     overrides = {**overrides, "output-dir": str(out)}
     env = _flwr_env(work / f"flwr-home-{label}", threads if engine == "inline" else None)
+    if ray_niceness is not None:
+        env["RAY_worker_niceness"] = str(ray_niceness)
     nodes = int(overrides["num-clients"])
     if engine == "flwr":
         fed = f"num-supernodes={nodes} client-resources-num-cpus={cpus_per_client}"
@@ -584,6 +589,46 @@ def config_for(dataset: str, method: str, rounds: int, epochs: int) -> dict[str,
     }
 
 
+def method_ab(dataset: str, methods: list[str], epochs: int, clients: int = 3, repeats: int = 4) -> dict[str, float]:
+    """Seconds of ``clients`` client rounds (``fedetf.train.client_round``) per method in this process, one thread,
+    the methods interleaved ``repeats`` times; the fastest repeat of each (robust to other load)."""
+    import torch
+
+    from fedetf.methods import ClientRound, TrainSettings
+    from fedetf.train import client_round
+    from simulations.config import parse_run_config
+    from simulations.local import default_run_config
+    from simulations.task import federation, make_method, model_buffer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        setups = {}
+        for method in methods:
+            cfg = parse_run_config({**default_run_config(), **config_for(dataset, method, 1, epochs)})
+            m = make_method(cfg)
+            settings = TrainSettings(cfg.local_epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_grad_norm)
+            setups[method] = (cfg, federation(cfg), m, *model_buffer(m), settings)
+
+        def rounds(method: str) -> float:
+            cfg, fed, m, model, initial, settings = setups[method]
+            t = time.perf_counter()
+            for cid in range(clients):
+                train, test = fed.client_loaders(cid, cfg.batch_size, cid)
+                counts = torch.from_numpy(fed.label_counts(cid))
+                rnd = ClientRound(label_counts=counts, config={"server-round": 1}, server_round=1)
+                client_round(m, model, initial, m.shared_state(initial), rnd, train, test, settings, "cpu")
+            return time.perf_counter() - t
+
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        for _ in range(repeats):
+            for method in methods:
+                times[method].append(rounds(method))
+        return {m: min(v) for m, v in times.items()}
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _fmt_row(r: Result, ref: Result | None = None) -> str:
     ratio = f"{r.steady / ref.steady:5.2f}x" if ref else "      "
     ratio_best = f"{r.best / ref.best:5.2f}x" if ref else "      "
@@ -608,6 +653,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=["flwr", "sim"], default="flwr")
     parser.add_argument("--plain-threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=2, help="runs of each kind, interleaved; the best is shown")
+    parser.add_argument(
+        "--ray-niceness", type=int, default=0, help="niceness of Ray's workers (Ray's own default is 15); -1: Ray's"
+    )
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy one worker for this many seconds")
     parser.add_argument("--work", type=Path, default=None, help="folder for runs and logs (default: a temp dir)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -619,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"# round cost on {os.cpu_count()} cores; runs in {work}")
     print("# per run: round 1, median and fastest of rounds 2.., ratios against the 1-thread plain loop")
+    print(f"# Ray workers' niceness: {'Ray default (15)' if args.ray_niceness < 0 else args.ray_niceness}")
     flower: dict[tuple[str, str], Result] = {}
     for dataset in args.datasets:
         for method in args.methods:
@@ -633,7 +682,8 @@ def main(argv: list[str] | None = None) -> int:
                     runs.setdefault(label, []).append(r)
                     print(_fmt_row(r), flush=True)
                 seconds = args.profile if rep == 0 else 0.0
-                r = launch(args.engine, cfg, work, f"{tag}-{args.engine}-{rep}", profile=seconds)
+                nice = None if args.ray_niceness < 0 else args.ray_niceness
+                r = launch(args.engine, cfg, work, f"{tag}-{args.engine}-{rep}", profile=seconds, ray_niceness=nice)
                 runs.setdefault(args.engine, []).append(r)
                 print(_fmt_row(r), flush=True)
             best = {label: _pick(rs) for label, rs in runs.items()}
@@ -649,6 +699,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {who}: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
     if {"fedavg", "fedgela"} <= set(args.methods):
         print()
+        for dataset in args.datasets:
+            ab = method_ab(dataset, ["fedavg", "fedgela"], args.local_epochs)
+            print(
+                f"{dataset}: client rounds in one process (3 clients, interleaved, fastest of 4): fedgela/fedavg = "
+                f"{ab['fedgela'] / ab['fedavg']:.2f}x ({ab['fedgela']:.2f} s vs {ab['fedavg']:.2f} s)"
+            )
         for dataset in args.datasets:
             a, g = flower[(dataset, "fedavg")], flower[(dataset, "fedgela")]
             print(
