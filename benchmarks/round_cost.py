@@ -38,8 +38,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,73 +53,13 @@ from typing import Any
 
 import pandas as pd
 
+from simulations.processes import free_port, process_tree, stop_tree, superlink_pids
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 FLWR = shutil.which("flwr", path=str(BIN)) or "flwr"
 
 # -- processes and memory ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """An unused TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            text = stat.read_text()
-            ppid = int(text[text.rindex(")") + 2 :].split()[1])
-            tree.setdefault(ppid, []).append(int(stat.parent.name))
-    return tree
-
-
-def process_tree(roots: Iterable[int]) -> list[int]:
-    """The given pids and all their descendants (from /proc)."""
-    tree, out, todo = _children(), [], list(roots)
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(tree.get(p, []))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def stop_tree(roots: Iterable[int], grace: float = 10.0) -> None:
-    """SIGTERM these processes and their descendants; SIGKILL what is left after ``grace`` seconds."""
-    targets = process_tree(roots)
-    for p in targets:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(p, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in targets):
-        time.sleep(0.2)
-    for p in targets:
-        if _alive(p):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(p, signal.SIGKILL)
-
-
-def superlink_pids(port: str) -> list[int]:
-    """Pids of ``flower-superlink`` processes started with ``--port <port>``."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
-            if any(a.endswith("flower-superlink") for a in argv[:2]) and any(
-                a == "--port" and b == port for a, b in zip(argv, argv[1:], strict=False)
-            ):
-                found.append(int(cmdline.parent.name))
-    return found
 
 
 def _memory_kib(pid: int) -> tuple[int, int]:

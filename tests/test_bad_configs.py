@@ -11,13 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-FLWR = shutil.which("flwr", path=str(Path(sys.executable).parent)) or shutil.which("flwr")
+from tests.flwr_cli import FLWR, ROOT, flwr_run, isolated_env, stop_local_superlink
+
 NODES = 2
 RELATIVE_OUT = "bad-configs-relative-output"
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 #: User modules on the SuperLink's PYTHONPATH: one raises while imported, one does not parse, one is no method.
 USER_MODULES = {
@@ -168,12 +160,6 @@ CASES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _fill(text: str, names: dict[str, str]) -> str:
     for name, value in names.items():
         text = text.replace("{" + name + "}", value)
@@ -212,38 +198,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     (existing / "run.json").write_text(json.dumps({"status": "running", "config": {}}))
     empty = tmp / "empty"
     empty.mkdir()
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(tmp / "flwr-home"),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(modules), os.environ.get("PYTHONPATH", "")) if p),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
-    }
+    pythonpath = os.pathsep.join(p for p in (str(modules), os.environ.get("PYTHONPATH", "")) if p)
+    env = isolated_env(tmp / "flwr-home", PYTHONPATH=pythonpath)
     yield Setup(env, tmp, existing, empty)
-    # `flwr run` leaves its local SuperLink running: stop the one this module started (by its control port).
-    out = subprocess.run(
-        ["pgrep", "-f", f"flower-superlink.*{env['FLWR_LOCAL_CONTROL_API_PORT']}"], capture_output=True, text=True
-    )
-    for pid in out.stdout.split():
-        os.kill(int(pid), signal.SIGTERM)
-    time.sleep(1)
-
-
-def _flwr_run(env: dict[str, str], run_config: str) -> str:
-    cmd = [
-        FLWR,
-        "run",
-        ".",
-        "--stream",
-        "--federation-config",
-        f"num-supernodes={NODES} client-resources-num-cpus=1",
-        "--run-config",
-        run_config,
-    ]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    return ANSI.sub("", res.stdout + res.stderr)
+    stop_local_superlink(env)
 
 
 class _NoGrid:
@@ -319,7 +277,7 @@ def test_bad_config_fails_in_one_line(setup: Setup, case: Case, via: str) -> Non
     before = _snapshot(setup.existing)
 
     if via == "flwr-run":
-        log = _flwr_run(setup.env, run_config)
+        log = flwr_run(setup.env, run_config, supernodes=NODES)
     else:
         import sys as _sys
 

@@ -26,6 +26,10 @@ import pandas as pd
 import pytest
 import torch
 
+from simulations.processes import alive as _alive
+from simulations.processes import children as _children
+from simulations.processes import free_port as _free_port
+from simulations.processes import superlink_pids as _superlink_on
 from tests.userpkg.placement_probe import read_log
 
 pytestmark = pytest.mark.slow
@@ -41,23 +45,6 @@ needs_flwr = pytest.mark.skipif(FLWR is None, reason="flwr CLI not in the venv")
 # -- processes -------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _children() -> dict[int, list[int]]:
-    """Parent pid -> child pids of every process (from /proc)."""
-    tree: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            text = stat.read_text()
-            ppid = int(text[text.rindex(")") + 2 :].split()[1])
-            tree.setdefault(ppid, []).append(int(stat.parent.name))
-    return tree
-
-
 def _tree(pid: int) -> list[int]:
     """``pid`` and all its descendants."""
     tree, out, todo = _children(), [], [pid]
@@ -66,14 +53,6 @@ def _tree(pid: int) -> list[int]:
         out.append(p)
         todo.extend(tree.get(p, []))
     return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _stop(pids: list[int], groups: list[int] = (), grace: float = 10.0) -> None:
@@ -95,19 +74,6 @@ def _stop(pids: list[int], groups: list[int] = (), grace: float = 10.0) -> None:
         if _alive(p):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(p, signal.SIGKILL)
-
-
-def _superlink_on(port: str) -> list[int]:
-    """Pids of ``flower-superlink`` processes whose argv holds ``--port <port>`` (the local one flwr spawned)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
-            if any(a.endswith("flower-superlink") for a in argv[:2]) and any(
-                a == "--port" and b == port for a, b in zip(argv, argv[1:], strict=False)
-            ):
-                found.append(int(cmdline.parent.name))
-    return found
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:

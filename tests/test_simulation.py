@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulations.local import SimulationFailed, run_local
+from simulations.local import run_local
 from simulations.results import CLIENT_COLUMNS, METRIC_COLUMNS
 
 pytestmark = pytest.mark.slow
@@ -97,15 +97,6 @@ def test_user_server_strategy_by_import_path(tmp_path: Path) -> None:
     # FedGELA's own server logic (its optional ETF rotation) is rebased on the user's class.
     assert info["strategy_class"] == "strategies.fedgela:FedGELA+TrimmedMean" and info["method"] == "fedgela"
     assert len(pd.read_csv(out / "metrics.csv")) == 2
-
-
-def test_partial_participation_samples_reproducibly(tmp_path: Path) -> None:
-    a = _run(tmp_path, "a", **{"fraction-train": 0.3, "local-epochs": 1})
-    b = _run(tmp_path, "b", **{"fraction-train": 0.3, "local-epochs": 1})
-    ca, cb = pd.read_csv(a / "clients.csv"), pd.read_csv(b / "clients.csv")
-    assert (ca.groupby("round").size() == 3).all()
-    assert ca["partition_id"].tolist() == cb["partition_id"].tolist()
-    assert ca["personal_acc"].tolist() == cb["personal_acc"].tolist()
 
 
 def test_compare_table_csv_and_plot(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -217,13 +208,6 @@ def test_readme_method_example_runs_by_import_path(tmp_path: Path) -> None:
     assert info["method"] == "feddecorr" and info["method_settings"] == {"feddecorr.beta": 0.5, "feddecorr.eps": 1e-8}
     assert info["strategy_class"] == "flwr.serverapp.strategy.fedavgm:FedAvgM"
     assert math.isfinite(pd.read_csv(out / "metrics.csv")["train_loss"].iloc[-1])
-
-
-def test_a_failed_run_raises_and_writes_nothing(tmp_path: Path) -> None:
-    # Flower's engine only logs a failed ServerApp; run_local must not pass silently.
-    with pytest.raises(SimulationFailed, match="exited with status 2"):
-        run_local({"num-server-rounds": 1, "lr": -1.0, "output-dir": str(tmp_path / "bad")})
-    assert not (tmp_path / "bad").exists()
 
 
 def _check_diagnostics(out: Path) -> None:

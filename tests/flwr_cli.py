@@ -1,0 +1,57 @@
+"""Helpers for tests that drive the real `flwr` CLI: an isolated FLWR_HOME with its own local-SuperLink ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from simulations.processes import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+FLWR = shutil.which("flwr", path=str(Path(sys.executable).parent)) or shutil.which("flwr")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def isolated_env(home: Path, **extra: str) -> dict[str, str]:
+    """This environment with its own FLWR_HOME and local-SuperLink ports, the app run in place."""
+    return {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        **extra,
+    }
+
+
+def stop_local_superlink(env: dict[str, str]) -> None:
+    """`flwr run` leaves its local SuperLink running: stop the one started with this env (by its control port)."""
+    out = subprocess.run(
+        ["pgrep", "-f", f"flower-superlink.*{env['FLWR_LOCAL_CONTROL_API_PORT']}"], capture_output=True, text=True
+    )
+    for pid in out.stdout.split():
+        os.kill(int(pid), signal.SIGTERM)
+    time.sleep(1)
+
+
+def flwr_run(env: dict[str, str], run_config: str, supernodes: int, timeout: float = 300) -> str:
+    """`flwr run . --stream` with ``supernodes`` simulated nodes; its output without colour codes."""
+    cmd = [
+        FLWR,
+        "run",
+        ".",
+        "--stream",
+        "--federation-config",
+        f"num-supernodes={supernodes} client-resources-num-cpus=1",
+        "--run-config",
+        run_config,
+    ]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return ANSI.sub("", res.stdout + res.stderr)
