@@ -38,7 +38,11 @@ from typing import Any
 
 import torch
 
-from benchmarks.round_cost import launch, run_config_string
+try:
+    from benchmarks.round_cost import launch, run_config_string
+except ImportError:  # the project root is not on sys.path (no editable install)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.round_cost import launch, run_config_string
 
 PROBE = "tests.userpkg.placement_probe:PlacementProbe"
 

@@ -38,6 +38,7 @@ from typing import Any
 from fedetf.methods import ClientRound, LocalMethod, Phase, TrainSettings, setting
 from fedetf.models import FedModel
 
+ROOT = Path(__file__).resolve().parent.parent
 SAMPLED = 10
 TEST_IMAGES = 200
 
@@ -166,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-niceness", type=int, default=0, help="niceness of Ray's workers; -1: Ray's default (15)")
     args = parser.parse_args(argv)
 
+    if str(ROOT) not in sys.path:  # workers import this module as benchmarks.many_clients
+        sys.path.insert(0, str(ROOT))
     from benchmarks.round_cost import launch, profile_server_and_worker
 
     work = args.work or Path(tempfile.mkdtemp(prefix="many-clients-"))

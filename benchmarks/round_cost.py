@@ -24,11 +24,17 @@ users) of every process of the run (the ``flwr`` CLI, the SuperLink and its
 children, Ray's GCS, raylet, agents and workers), with the plain sum of RSS beside it.
 
     python benchmarks/round_cost.py [--datasets digits mnist-5k] [--methods fedavg fedgela]
-        [--rounds 4] [--local-epochs 10] [--engine flwr|sim] [--profile SECONDS]
+        [--rounds 5] [--local-epochs 10] [--engine flwr|sim] [--plain-threads 1 2] [--repeats 2]
+        [--ray-niceness 0] [--profile SECONDS]
 
-``--profile`` samples one Ray worker with py-spy (if on PATH or ``$PY_SPY``) during
-the second round onwards and prints where its time goes. Timings on a shared machine
-are noisy: the load average is printed with every run.
+Each kind of run is repeated ``--repeats`` times, interleaved, and the repeat with
+the fastest median round is compared. ``--profile`` samples one Ray worker with
+py-spy (if on PATH or ``$PY_SPY``) from round 2 on and prints where its main
+thread's time goes. Ray starts its workers at niceness 15 (every other process on
+the machine goes first); ``--ray-niceness 0`` (the default here) gives them the
+plain loop's priority, ``-1`` keeps Ray's. At the end, FedGELA's and FedAvg's
+client rounds are also timed in this process, interleaved (``method_ab``).
+Timings on a shared machine are noisy: the load average is printed with every run.
 """
 
 from __future__ import annotations

@@ -111,10 +111,26 @@ def _probe_config(log_dir: Path, extra: str) -> str:
     return f"method='{PROBE}' method-args='{{\"log-dir\": \"{log_dir}\"}}' {extra}"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the test process dies, even if it is killed (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """Start ``cmd`` in a session of its own (its process group is stopped as a whole)."""
+    """Start ``cmd`` in a session of its own (its process group is stopped as a whole); it ends with this process."""
     with log.open("w") as f:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
 
 
 # -- (a) logical GPUs ------------------------------------------------------------------------------
