@@ -19,16 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
 from data_prep.datasets import CorruptCacheError, DatasetInfo, DatasetMissingError, register_dataset
-from data_prep.isic_format import CENTRES, CLASSES, MANIFEST_FORMAT
-from data_prep.transforms import IMAGENET_MEAN, IMAGENET_STD
+from data_prep.isic_format import CENTRES, CLASSES, IMAGENET_MEAN, IMAGENET_STD, MANIFEST_FORMAT
 
 if TYPE_CHECKING:
     import albumentations as A
+    import pandas as pd
 
 CACHE_NAME = "fed-isic2019"
 NPY_V1 = b"\x93NUMPY\x01\x00"
@@ -146,6 +145,8 @@ def _read_manifest(root: Path) -> dict[str, Any]:
 
 def _read_index(root: Path, manifest: dict[str, Any]) -> pd.DataFrame:
     """``index.csv``, checked for its columns, row count, labels, centres and folds."""
+    import pandas as pd  # here, not at import: workers of other datasets never load pandas
+
     path = root / "index.csv"
     try:
         index = pd.read_csv(path)

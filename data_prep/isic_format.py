@@ -13,3 +13,6 @@ CENTRES = ("BCN", "vidir_molemax", "vidir_modern", "rosendahl", "MSK", "vienna_d
 #: ``format`` and ``version`` of ``manifest.json``, the file written last.
 MANIFEST_FORMAT = "fedetf-isic2019"
 MANIFEST_VERSION = 1
+#: ImageNet statistics the ImageNet-pretrained EfficientNet expects.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -8,7 +8,6 @@ key prefix (``backbone.``, ``feature_head.``, ``classifier.``).
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from fedetf.etf import simplex_etf
@@ -38,6 +37,8 @@ class SmallCNN(nn.Module):
 
 def resnet18_cifar(in_channels: int = 3) -> nn.Module:
     """ResNet-18, CIFAR variant: 3x3 stem with stride 1 and no max-pool."""
+    import torchvision  # here: torchvision imports torch._dynamo (~1 s, ~100 MB per process)
+
     net = torchvision.models.resnet18(weights=None)
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
@@ -54,6 +55,8 @@ def efficientnet_b0(in_channels: int = 3, weights_path: str = "") -> nn.Module:
     """
     if in_channels != 3:
         raise ValueError("efficientnet_b0 needs 3-channel images")
+    import torchvision
+
     net = torchvision.models.efficientnet_b0(weights=None)
     if weights_path:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)

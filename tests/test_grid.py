@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
+
 from simulations.grid import PartitionOrderedGrid
 
 
@@ -76,3 +80,44 @@ def test_gives_up_after_the_timeout_when_no_node_comes() -> None:
 def test_defaults_to_the_real_clock() -> None:
     grid = PartitionOrderedGrid(_LateNodes([4], _FakeClock(), ready_at=0.0))  # type: ignore[arg-type]
     assert grid.wait_for_nodes(expected=1) == [4]
+
+
+class _AnsweringNodes:
+    """A grid whose nodes answer a QUERY with their partition (node id 1000 + p), recording batch sizes."""
+
+    def __init__(self, n: int) -> None:
+        self.nodes = [1000 + p for p in reversed(range(n))]
+        self.batches: list[int] = []
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+    def send_and_receive(self, msgs: list, timeout: float | None = None) -> list:
+        self.batches.append(len(msgs))
+        return [_Reply(m.metadata.dst_node_id, len(self.nodes)) for m in msgs]
+
+
+class _Reply:
+    """The parts of a reply Message that the handshake reads."""
+
+    def __init__(self, node: int, n: int) -> None:
+        self.metadata = SimpleNamespace(src_node_id=node)
+        self.content = {"node": {"partition-id": node - 1000, "num-partitions": n}}
+
+    def has_error(self) -> bool:
+        return False
+
+
+def test_handshake_queries_in_chunks_and_maps_every_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # what a ServerApp process has
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    inner = _AnsweringNodes(1000)
+    grid = PartitionOrderedGrid(inner)  # type: ignore[arg-type]
+    mapping = grid.handshake(expected=1000, chunk=256)
+    assert inner.batches == [256, 256, 256, 232]
+    assert mapping == {1000 + p: p for p in range(1000)}
+    assert grid.num_partitions == {1000}
+    assert list(grid.get_node_ids())[:3] == [1000, 1001, 1002]  # partition order

@@ -198,3 +198,17 @@ def test_pcdd_allows_empty_test_splits() -> None:
         _check_cover([p[1] for p in parts], len(yte))
         for tr, te in parts:
             assert set(np.unique(yte[te])) <= set(np.unique(ytr[tr]))
+
+
+@pytest.mark.parametrize(("n", "k"), [(600, 10), (5003, 7), (1347, 10), (6000, 1000)])
+def test_iid_shards_equal_flwr_datasets_iid_partitioner(n: int, k: int) -> None:
+    from datasets import Dataset
+    from flwr_datasets.partitioner import IidPartitioner
+
+    labels = np.random.default_rng(1).integers(0, 10, n)
+    perm = np.random.default_rng(3).permutation(n)
+    part = IidPartitioner(k)
+    part.dataset = Dataset.from_dict({"idx": perm})
+    expected = [np.sort(np.asarray(part.load_partition(i)["idx"])) for i in range(k)]
+    got = [tr for tr, _ in iid(labels, labels[:50], num_clients=k, seed=3)]
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
