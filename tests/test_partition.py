@@ -1,12 +1,13 @@
 import re
+import warnings
 
 import numpy as np
 import pytest
+from datasets import Dataset
 from flwr_datasets.partitioner import PathologicalPartitioner
 
 from data_prep.federated import balanced_subset, load_dataset, load_federation
 from data_prep.partition import (
-    _run_partitioner,
     dirichlet,
     iid,
     partition_indices,
@@ -140,18 +141,37 @@ def test_pcdd_sequential_is_a_pure_function_of_seed() -> None:
     assert not _same(a, c)
 
 
-def test_pcdd_flwr_is_pathological_partitioner_on_train() -> None:
-    ytr, yte = _labels(40), _labels(9, seed=1)
-    parts = pcdd(ytr, yte, num_clients=12, seed=4, classes_per_client=3)
-    ref = PathologicalPartitioner(
-        num_partitions=12,
-        partition_by="label",
-        num_classes_per_partition=3,
-        class_assignment_mode="first-deterministic",
-        shuffle=True,
-        seed=4,
-    )
-    for (tr, _), expect in zip(parts, _run_partitioner(ref, ytr), strict=True):
+def _run_partitioner(partitioner: PathologicalPartitioner, labels: np.ndarray) -> list[np.ndarray]:
+    partitioner.dataset = Dataset.from_dict({"label": labels, "idx": np.arange(len(labels))})
+    return [
+        np.sort(np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64))
+        for i in range(partitioner.num_partitions)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("num_clients", "per_client", "seed", "num_classes"),
+    [(12, 3, 4, 10), (10, 2, 0, 10), (100, 5, 7, 10), (30, 1, 2, 10), (7, 9, 1, 10), (50, 3, 3, 8)],
+)
+def test_pcdd_flwr_is_pathological_partitioner_on_train(
+    num_clients: int, per_client: int, seed: int, num_classes: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    ytr = rng.choice(num_classes, size=60 * num_clients, p=rng.dirichlet(np.full(num_classes, 2.0)))
+    yte = rng.integers(0, num_classes, 9 * num_classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # classes no client holds
+        parts = pcdd(ytr, yte, num_clients=num_clients, seed=seed, classes_per_client=per_client)
+        ref = PathologicalPartitioner(
+            num_partitions=num_clients,
+            partition_by="label",
+            num_classes_per_partition=per_client,
+            class_assignment_mode="first-deterministic",
+            shuffle=True,
+            seed=seed,
+        )
+        expected = _run_partitioner(ref, ytr)
+    for (tr, _), expect in zip(parts, expected, strict=True):
         assert np.array_equal(tr, expect)
 
 
