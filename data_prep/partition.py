@@ -52,8 +52,10 @@ def flwr_assignment(classes: np.ndarray, num_clients: int, classes_per_client: i
     workers need not import ``flwr_datasets``/``datasets`` (1.8 s and ~190 MB per process).
     A test checks that the indices equal the partitioner's.
     """
+    labels = np.unique(classes)
+    if not 1 <= classes_per_client <= len(labels):
+        raise ValueError(f"classes-per-client={classes_per_client} must be between 1 and the {len(labels)} classes")
     rng = np.random.default_rng(seed)
-    labels = np.sort(np.asarray(classes))
     out: list[list[int]] = []
     for p in range(num_clients):
         held = [int(labels[p % len(labels)])]

@@ -20,9 +20,11 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
     Predictions of classes absent from ``y_true`` count as errors and are expected under PCDD.
     """
-    y_true = np.asarray(y_true, dtype=np.int64)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in shape: {y_true.shape} vs {y_pred.shape}")
     if len(y_true) == 0:
         return 0.0
     classes, inverse, support = np.unique(y_true, return_inverse=True, return_counts=True)
-    hits = np.bincount(inverse, weights=(y_true == np.asarray(y_pred)).astype(np.float64), minlength=len(classes))
+    hits = np.bincount(inverse, weights=(y_true == y_pred).astype(np.float64), minlength=len(classes))
     return float(np.mean(hits / support))

@@ -64,13 +64,14 @@ class PartitionOrderedGrid(Grid):
         (76 s for 10,000 nodes); chunks keep it linear in N.
         """
         nodes = self.wait_for_nodes(expected)
+        deadline = time.monotonic() + timeout  # for the whole handshake, not per chunk
         replies: list[Message] = []
-        for start in range(0, len(nodes), chunk):
+        for start in range(0, len(nodes), max(1, chunk)):
             msgs = [
                 Message(content=RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
-                for n in nodes[start : start + chunk]
+                for n in nodes[start : start + max(1, chunk)]
             ]
-            replies += self.inner.send_and_receive(msgs, timeout=timeout)
+            replies += self.inner.send_and_receive(msgs, timeout=max(0.0, deadline - time.monotonic()))
         errors = [r.error.reason for r in replies if r.has_error()]
         if errors or len(replies) != len(nodes):
             raise RuntimeError(f"handshake failed ({len(replies)}/{len(nodes)} replies): {errors[:1]}")

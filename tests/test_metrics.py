@@ -29,3 +29,8 @@ def test_metrics_of_empty_and_trivial_sets() -> None:
     y = np.array([1, 1, 1, 2])
     assert balanced_accuracy(y, np.array([1, 1, 1, 1])) == pytest.approx(0.5)
     assert balanced_accuracy(y, y) == 1.0
+
+
+def test_balanced_accuracy_rejects_mismatched_lengths() -> None:
+    with pytest.raises(ValueError, match="differ in shape"):
+        balanced_accuracy(np.array([0, 1, 1, 2]), np.array([0]))

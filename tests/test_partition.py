@@ -151,14 +151,27 @@ def _run_partitioner(partitioner: PathologicalPartitioner, labels: np.ndarray) -
 
 @pytest.mark.parametrize(
     ("num_clients", "per_client", "seed", "num_classes"),
-    [(12, 3, 4, 10), (10, 2, 0, 10), (100, 5, 7, 10), (30, 1, 2, 10), (7, 9, 1, 10), (50, 3, 3, 8)],
+    [
+        (12, 3, 4, 10),
+        (10, 2, 0, 10),
+        (100, 5, 7, 10),
+        (30, 1, 2, 10),
+        (7, 9, 1, 10),
+        (50, 3, 3, 8),
+        (12, 10, 1, 10),
+        (3, 1, 1, 10),
+        (15, 2, 5, 2),
+    ],
 )
+@pytest.mark.parametrize("values", ["0..K-1", "sparse"])
 def test_pcdd_flwr_is_pathological_partitioner_on_train(
-    num_clients: int, per_client: int, seed: int, num_classes: int
+    num_clients: int, per_client: int, seed: int, num_classes: int, values: str
 ) -> None:
     rng = np.random.default_rng(seed)
     ytr = rng.choice(num_classes, size=60 * num_clients, p=rng.dirichlet(np.full(num_classes, 2.0)))
     yte = rng.integers(0, num_classes, 9 * num_classes)
+    if values == "sparse":  # class labels that are not 0..K-1
+        ytr, yte = 7 * ytr - 5, 7 * yte - 5
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # classes no client holds
         parts = pcdd(ytr, yte, num_clients=num_clients, seed=seed, classes_per_client=per_client)
