@@ -142,7 +142,7 @@ class MemorySampler(threading.Thread):
     def run(self) -> None:
         last_pss, rss_at_pss = 0.0, 0
         while not self._halt.is_set():
-            pids = list(dict.fromkeys(process_tree(self.roots())))  # a root may also descend from another
+            pids = process_tree(self.roots())
             rss = sum(_rss_kib(p) for p in pids)
             self.peak_rss = max(self.peak_rss, rss)
             if rss > 1.01 * rss_at_pss or time.monotonic() - last_pss >= self.pss_every:
@@ -371,30 +371,41 @@ def _inline_grid_class() -> type:
     return InlineGrid
 
 
-def _client_work(spec: dict[str, Any]) -> None:
-    """Train and evaluate the clients ``spec['clients']`` once, one thread; print the seconds as JSON."""
+def client_work(overrides: dict[str, Any], server_round: int = 1) -> Callable[[Iterable[int]], float]:
+    """Build the run's data, method and model once; return a timer of ``clients``' rounds
+    (``fedetf.train.client_round``: local training and personal evaluation) in this process."""
     import torch
 
-    torch.set_num_threads(1)
     from fedetf.methods import ClientRound, TrainSettings
     from fedetf.train import client_round
     from simulations.config import parse_run_config
     from simulations.local import default_run_config
     from simulations.task import federation, make_method, model_buffer
 
-    cfg = parse_run_config({**default_run_config(), **spec["overrides"]})
+    cfg = parse_run_config({**default_run_config(), **overrides})
     fed, m = federation(cfg), make_method(cfg)
     model, initial = model_buffer(m)
     settings = TrainSettings(cfg.local_epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_grad_norm)
-    times = []
-    for _ in range(int(spec.get("repeats", 2))):
+
+    def seconds(clients: Iterable[int]) -> float:
         t = time.perf_counter()
-        for cid in spec["clients"]:
+        for cid in clients:
             train, test = fed.client_loaders(cid, cfg.batch_size, cid)
-            rnd = ClientRound(label_counts=torch.from_numpy(fed.label_counts(cid)), config={}, server_round=2)
+            counts = torch.from_numpy(fed.label_counts(cid))
+            rnd = ClientRound(label_counts=counts, config={"server-round": server_round}, server_round=server_round)
             client_round(m, model, initial, m.shared_state(initial), rnd, train, test, settings, "cpu")
-        times.append(time.perf_counter() - t)
-    print(json.dumps({"seconds": min(times)}))
+        return time.perf_counter() - t
+
+    return seconds
+
+
+def _client_work(spec: dict[str, Any]) -> None:
+    """Train and evaluate the clients ``spec['clients']``, one thread; print the fastest repeat's seconds as JSON."""
+    import torch
+
+    torch.set_num_threads(1)
+    seconds = client_work(spec["overrides"], server_round=2)
+    print(json.dumps({"seconds": min(seconds(spec["clients"]) for _ in range(int(spec.get("repeats", 2))))}))
 
 
 def parallel_floor(cfg: dict[str, Any], workers: int = 2) -> tuple[float, float]:
@@ -637,36 +648,14 @@ def method_ab(
     the methods interleaved ``repeats`` times; the fastest repeat of each (robust to other load)."""
     import torch
 
-    from fedetf.methods import ClientRound, TrainSettings
-    from fedetf.train import client_round
-    from simulations.config import parse_run_config
-    from simulations.local import default_run_config
-    from simulations.task import federation, make_method, model_buffer
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        setups = {}
-        for method in methods:
-            cfg = parse_run_config({**default_run_config(), **config_for(dataset, method, 1, epochs, data_root)})
-            m = make_method(cfg)
-            settings = TrainSettings(cfg.local_epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_grad_norm)
-            setups[method] = (cfg, federation(cfg), m, *model_buffer(m), settings)
-
-        def rounds(method: str) -> float:
-            cfg, fed, m, model, initial, settings = setups[method]
-            t = time.perf_counter()
-            for cid in range(clients):
-                train, test = fed.client_loaders(cid, cfg.batch_size, cid)
-                counts = torch.from_numpy(fed.label_counts(cid))
-                rnd = ClientRound(label_counts=counts, config={"server-round": 1}, server_round=1)
-                client_round(m, model, initial, m.shared_state(initial), rnd, train, test, settings, "cpu")
-            return time.perf_counter() - t
-
+        timers = {m: client_work(config_for(dataset, m, 1, epochs, data_root)) for m in methods}
         times: dict[str, list[float]] = {m: [] for m in methods}
         for _ in range(repeats):
             for method in methods:
-                times[method].append(rounds(method))
+                times[method].append(timers[method](range(clients)))
         return {m: min(v) for m, v in times.items()}
     finally:
         torch.set_num_threads(threads)

@@ -66,10 +66,11 @@ class PartitionOrderedGrid(Grid):
         nodes = self.wait_for_nodes(expected)
         deadline = time.monotonic() + timeout  # for the whole handshake, not per chunk
         replies: list[Message] = []
-        for start in range(0, len(nodes), max(1, chunk)):
+        step = max(1, chunk)
+        for start in range(0, len(nodes), step):
             msgs = [
                 Message(content=RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
-                for n in nodes[start : start + max(1, chunk)]
+                for n in nodes[start : start + step]
             ]
             replies += self.inner.send_and_receive(msgs, timeout=max(0.0, deadline - time.monotonic()))
         errors = [r.error.reason for r in replies if r.has_error()]

@@ -34,10 +34,14 @@ def children() -> dict[int, list[int]]:
 
 
 def process_tree(roots: Iterable[int]) -> list[int]:
-    """The given pids and all their descendants."""
+    """The given pids and all their descendants, each once (a root may descend from another root)."""
     tree, out, todo = children(), [], list(roots)
+    seen: set[int] = set()
     while todo:
         p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
         out.append(p)
         todo.extend(tree.get(p, []))
     return out
@@ -51,15 +55,22 @@ def alive(pid: int) -> bool:
         return False
 
 
-def stop_tree(roots: Iterable[int], grace: float = 10.0) -> None:
-    """SIGTERM these processes and their descendants; SIGKILL what is left after ``grace`` seconds."""
-    targets = process_tree(roots)
+def stop_tree(roots: Iterable[int], grace: float = 10.0, groups: Iterable[int] = ()) -> None:
+    """SIGTERM these processes, their descendants and the process groups ``groups``;
+    SIGKILL what is left after ``grace`` seconds."""
+    targets, groups = process_tree(roots), list(groups)
+    for g in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(g, signal.SIGTERM)
     for p in targets:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(alive(p) for p in targets):
         time.sleep(0.2)
+    for g in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(g, signal.SIGKILL)
     for p in targets:
         if alive(p):
             with contextlib.suppress(ProcessLookupError, PermissionError):

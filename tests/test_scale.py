@@ -26,9 +26,8 @@ import pandas as pd
 import pytest
 import torch
 
-from simulations.processes import alive as _alive
-from simulations.processes import children as _children
 from simulations.processes import free_port as _free_port
+from simulations.processes import stop_tree
 from simulations.processes import superlink_pids as _superlink_on
 from tests.userpkg.placement_probe import read_log
 
@@ -43,37 +42,6 @@ needs_flwr = pytest.mark.skipif(FLWR is None, reason="flwr CLI not in the venv")
 
 
 # -- processes -------------------------------------------------------------------------------------
-
-
-def _tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants."""
-    tree, out, todo = _children(), [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(tree.get(p, []))
-    return out
-
-
-def _stop(pids: list[int], groups: list[int] = (), grace: float = 10.0) -> None:
-    """SIGTERM these processes, their descendants and the process groups ``groups``; SIGKILL what is left."""
-    targets = sorted({q for p in pids for q in _tree(p)})
-    for g in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(g, signal.SIGTERM)
-    for p in targets:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(p, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in targets):
-        time.sleep(0.2)
-    for g in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(g, signal.SIGKILL)
-    for p in targets:
-        if _alive(p):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(p, signal.SIGKILL)
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -98,7 +66,7 @@ def _local_superlink_stopped(env: dict[str, str]) -> Iterator[None]:
     try:
         yield
     finally:
-        _stop(_superlink_on(env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]))
+        stop_tree(_superlink_on(env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]))
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
@@ -216,7 +184,7 @@ def _ray_cluster(tmp: Path, cpus_per_node: int = 2) -> Iterator[tuple[str, list[
         assert res.returncode == 0, f"{res.stderr[-2000:]}\n{(tmp / 'ray-worker.log').read_text()[-2000:]}"
         yield address, res.stdout.split()[-2:], env
     finally:
-        _stop([p.pid for p in procs], groups=[p.pid for p in procs])
+        stop_tree([p.pid for p in procs], groups=[p.pid for p in procs])
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -295,7 +263,7 @@ def _deployment(
             procs.append(_start(cmd, node_env, tmp / f"supernode-{i}.log"))
         yield address
     finally:
-        _stop([p.pid for p in procs], groups=[p.pid for p in procs])
+        stop_tree([p.pid for p in procs], groups=[p.pid for p in procs])
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
@@ -422,7 +390,7 @@ def test_deployment_engine_secure_tls_and_node_authentication(tmp_path: Path) ->
                 [FLWR, "supernode", "list", "loop", "--format", "json"], env=env, capture_output=True, text=True
             )
         finally:
-            _stop([intruder.pid], groups=[intruder.pid])
+            stop_tree([intruder.pid], groups=[intruder.pid])
     assert (out / "metrics.csv").exists(), log[-3000:] + (tmp_path / "supernode-0.log").read_text()[-2000:]
     assert pd.read_csv(out / "metrics.csv")["num_clients"].tolist() == [2]
     listed = json.loads(nodes.stdout[nodes.stdout.index("{") :])["nodes"]
