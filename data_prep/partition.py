@@ -10,8 +10,9 @@ Test splits follow the train split's label distribution:
   class assignment is either flwr-datasets' ``PathologicalPartitioner``'s
   (``"flwr"``: first class round-robin, the rest random, class samples in
   dataset order; its steps re-run in numpy, checked equal by a test) or the
-  FedGELA authors' (``"sequential"``: the first K slots
-  are classes 0..K-1 in order, the rest random; class samples shuffled).
+  FedGELA authors' (``"sequential"``: the first K slots are classes 0..K-1 in
+  order, the rest random; class samples shuffled), replayed with their random
+  number generators so that a seed gives their split (checked by a test).
 * ``dirichlet``: per class, one Dirichlet(beta) draw over clients splits both
   the train and the test samples of that class.
 * ``iid``: a seeded permutation cut into the contiguous shards of flwr-datasets'
@@ -23,6 +24,7 @@ A partition that leaves a client without train samples raises a one-line
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import numpy as np
@@ -67,42 +69,52 @@ def flwr_assignment(classes: np.ndarray, num_clients: int, classes_per_client: i
     return out
 
 
-def sequential_assignment(
-    classes: np.ndarray, num_clients: int, classes_per_client: int, rng: np.random.Generator
-) -> list[list[int]]:
-    """Classes of each client as the FedGELA authors assign them.
+def sequential_assignment(classes: np.ndarray, num_clients: int, classes_per_client: int, seed: int) -> list[list[int]]:
+    """Classes of each client, in slot order, as the FedGELA authors assign them.
 
-    Client slots are filled in order: slot ``s = client * classes_per_client + j``
-    gets class ``classes[s]`` while ``s < K``, afterwards a random class the
-    client does not hold yet.
+    Replays ``partition_class_per`` in MediaBrain-SJTU/FedGELA (commit b5b20d5),
+    ``partition_data.py`` lines 44-61, seeded as ``set_seed`` in ``FedGELA.py`` lines
+    131-138 (``random.seed(seed)``): slot ``s = client * classes_per_client + j`` gets
+    ``classes[s]`` while ``s < K``; afterwards ``random.randint(0, K - 1)`` is drawn from
+    Python's ``random.Random(seed)`` until it names a class the client does not hold yet.
+    Their class ids are ``0..K-1``; here draw ``r`` names ``classes[r]``.
     """
+    k = len(classes)
+    if not 1 <= classes_per_client <= k:
+        raise ValueError(f"classes-per-client={classes_per_client} must be between 1 and the {k} classes")
+    rng = random.Random(seed)
     out: list[list[int]] = []
     for cid in range(num_clients):
         held: list[int] = []
         for j in range(classes_per_client):
             slot = cid * classes_per_client + j
-            if slot < len(classes):
+            if slot < k:
                 held.append(int(classes[slot]))
-            else:
-                held.append(int(rng.choice(np.setdiff1d(classes, held))))
+                continue
+            c = int(classes[rng.randint(0, k - 1)])
+            while c in held:
+                c = int(classes[rng.randint(0, k - 1)])
+            held.append(c)
         out.append(held)
     return out
 
 
 def split_among_holders(
-    labels: np.ndarray, assignment: list[list[int]], rng: np.random.Generator | None = None
+    labels: np.ndarray, assignment: list[list[int]], rng: np.random.RandomState | None = None
 ) -> list[np.ndarray]:
     """Split each class's samples evenly (``np.array_split``) among its holders, in client order.
 
-    With ``rng`` each class's samples are shuffled first; without, they keep dataset order.
-    A holder may get no sample of a class that has fewer samples than holders.
+    Classes are visited in increasing order. With ``rng`` each class's samples are first shuffled
+    in place by ``rng.shuffle`` (the legacy ``RandomState`` stream of ``np.random.shuffle``);
+    without, they keep dataset order. A holder may get no sample of a class that has fewer
+    samples than holders.
     """
     out: list[list[np.ndarray]] = [[np.zeros(0, np.int64)] for _ in assignment]
     for c in sorted({c for held in assignment for c in held}):
         holders = [cid for cid, held in enumerate(assignment) if c in held]
         idx = np.flatnonzero(labels == c)
         if rng is not None:
-            idx = rng.permutation(idx)
+            rng.shuffle(idx)
         for cid, chunk in zip(holders, np.array_split(idx, len(holders)), strict=True):
             out[cid].append(chunk)
     return [np.sort(np.concatenate(chunks)).astype(np.int64) for chunks in out]
@@ -119,7 +131,14 @@ def pcdd(
     """Each client holds ``classes_per_client`` classes, in train and test alike.
 
     ``assignment``: ``"flwr"`` (``PathologicalPartitioner``; same indices as running
-    it on the train labels) or ``"sequential"`` (the FedGELA authors' code).
+    it on the train labels) or ``"sequential"``: the FedGELA authors' ``partition_class_per``
+    (MediaBrain-SJTU/FedGELA at b5b20d5, ``partition_data.py`` lines 26-87), seeded as their
+    ``set_seed`` (``FedGELA.py`` lines 131-138) seeds Python's ``random`` and numpy's legacy
+    global generator with ``seed``: classes from :func:`sequential_assignment`, then each
+    class's train samples shuffled by ``np.random.RandomState(seed)`` and split among its
+    holders (lines 65-73), then each class's test samples with the same generator (lines
+    75-83). With labels ``0..K-1`` the indices equal theirs. If the clients together hold fewer
+    than the K classes (their code then fails), the unheld classes go unused.
     """
     classes = np.unique(y_train)
     if not 1 <= classes_per_client <= len(classes):
@@ -130,8 +149,8 @@ def pcdd(
     if assignment == "flwr":
         held, rng = flwr_assignment(classes, num_clients, classes_per_client, seed), None
     elif assignment == "sequential":
-        rng = np.random.default_rng(seed)
-        held = sequential_assignment(classes, num_clients, classes_per_client, rng)
+        held = sequential_assignment(classes, num_clients, classes_per_client, seed)
+        rng = np.random.RandomState(seed)  # legacy stream, as their np.random.shuffle
     else:
         raise ValueError(f"pcdd-assignment={assignment!r} is unknown; allowed: {list(PCDD_ASSIGNMENTS)}")
     for c in classes:

@@ -1,5 +1,8 @@
+import hashlib
+import json
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,7 +104,7 @@ def _same(a: list[tuple[np.ndarray, np.ndarray]], b: list[tuple[np.ndarray, np.n
 
 
 def test_sequential_assignment_follows_the_authors_order() -> None:
-    held = sequential_assignment(np.arange(10), 10, 3, np.random.default_rng(0))
+    held = sequential_assignment(np.arange(10), 10, 3, seed=0)
     assert held[:3] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     assert held[3][0] == 9
     assert all(len(set(h)) == 3 for h in held)
@@ -114,7 +117,7 @@ def test_pcdd_sequential_split() -> None:
     _check_cover([p[0] for p in parts], len(ytr))
     _check_cover([p[1] for p in parts], len(yte))
     held = [set(np.unique(ytr[tr]).tolist()) for tr, _ in parts]
-    expected = sequential_assignment(np.arange(10), 10, 3, np.random.default_rng(3))
+    expected = sequential_assignment(np.arange(10), 10, 3, seed=3)
     assert held == [set(h) for h in expected]
     assert held[:3] == [{0, 1, 2}, {3, 4, 5}, {6, 7, 8}] and 9 in held[3]
     assert all(len(h) == 3 for h in held)
@@ -139,6 +142,41 @@ def test_pcdd_sequential_is_a_pure_function_of_seed() -> None:
     c = partition_indices("pcdd", ytr, yte, 10, seed=6, classes_per_client=3, assignment="sequential")
     assert _same(a, b)
     assert not _same(a, c)
+
+
+#: MNIST's samples per class (train, test).
+MNIST_TRAIN = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
+MNIST_TEST = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+FEDGELA_SPLIT = Path(__file__).parent / "data" / "fedgela_split_mnist_counts.json"
+
+
+def _sha256(idx: np.ndarray) -> str:
+    return hashlib.sha256(np.sort(idx).astype("<i8").tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pcdd_sequential_equals_the_authors_split(seed: int) -> None:
+    """The FedGELA authors' ``partition_class_per`` output (10 clients, 3 classes each, MNIST's
+    class counts sorted by class), as stored in the fixture; tests/data/README.md says how it
+    was produced from their repository."""
+    want = json.loads(FEDGELA_SPLIT.read_text())[str(seed)]
+    ytr = np.repeat(np.arange(10), MNIST_TRAIN)
+    yte = np.repeat(np.arange(10), MNIST_TEST)
+    assert sequential_assignment(np.arange(10), 10, 3, seed) == want["assignment"]
+    parts = partition_indices("pcdd", ytr, yte, 10, seed, classes_per_client=3, assignment="sequential")
+    assert len(parts) == len(want["clients"]) == 10
+    for cid, ((tr, te), ref) in enumerate(zip(parts, want["clients"], strict=True)):
+        assert np.bincount(ytr[tr], minlength=10).tolist() == ref["train_counts"], cid
+        assert np.bincount(yte[te], minlength=10).tolist() == ref["test_counts"], cid
+        assert tr[:5].tolist() == ref["train_head"] and te[:5].tolist() == ref["test_head"], cid
+        assert (_sha256(tr), _sha256(te)) == (ref["train_sha256"], ref["test_sha256"]), cid
+
+
+def test_pcdd_sequential_depends_on_class_order_not_label_values() -> None:
+    ytr, yte = _labels(40), _labels(12, seed=1)
+    a = pcdd(ytr, yte, num_clients=8, seed=2, classes_per_client=3, assignment="sequential")
+    b = pcdd(7 * ytr - 5, 7 * yte - 5, num_clients=8, seed=2, classes_per_client=3, assignment="sequential")
+    assert _same(a, b)
 
 
 def _run_partitioner(partitioner: PathologicalPartitioner, labels: np.ndarray) -> list[np.ndarray]:
