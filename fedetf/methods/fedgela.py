@@ -22,6 +22,9 @@ from fedetf.etf import simplex_etf
 from fedetf.methods.base import ClientRound, LocalMethod, Tensors, setting
 from fedetf.models import ETFHead, FedModel
 
+#: A client's class feature statistics (reply) and the server's rotated ETF (broadcast).
+CLASS_STATS_KEY, ETF_KEY = "fedgela.class_stats", "fedgela.etf"
+
 
 def adaptation_vector(label_counts: torch.Tensor, mode: str = "proportion", missing: float = 0.0) -> torch.Tensor:
     """FedGELA's ``Ew[c] = K * n_c / n`` (``mode="proportion"``) or ones (``"none"``).
