@@ -2,8 +2,8 @@
 
 A method is a :class:`LocalMethod` subclass. It declares its hyperparameters
 once, as a frozen dataclass ``Settings`` whose fields are made with
-:func:`setting` (default, help text, allowed range); validation, the run-config
-keys (``<name>.<field>``), the README table and ``run.json`` all derive from it.
+:func:`fedetf.settings.setting` (default, help text, allowed range); validation, the
+run-config keys (``<name>.<field>``), docs/methods.md's table and ``run.json`` all derive from it.
 
 One client round, as run by :func:`fedetf.train.client_round`:
 
@@ -25,7 +25,6 @@ is built afresh for every round and keeps nothing between rounds.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, ClassVar
@@ -35,6 +34,7 @@ from torch import nn
 
 from fedetf.losses import build_criterion
 from fedetf.models import FedModel, build_model
+from fedetf.settings import allowed, check_setting, setting  # noqa: F401 - re-exported here
 
 Tensors = dict[str, torch.Tensor]
 
@@ -54,60 +54,6 @@ class ModelSpec:
     weights_path: str = ""
     #: (mean, std) when the loaders yield uint8 NHWC batches the model normalises.
     input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-
-
-def setting(
-    default: Any,
-    help: str,  # noqa: A002 - the name reads best in declarations
-    *,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    choices: tuple[Any, ...] | None = None,
-) -> Any:
-    """Declare one hyperparameter of a method: its default, meaning and allowed values."""
-    return field(default=default, metadata={"help": help, "ge": ge, "gt": gt, "le": le, "choices": choices})
-
-
-def allowed(f: Field) -> str:
-    """Human-readable allowed values of a setting."""
-    m, kind = f.metadata, type(f.default)
-    if m.get("choices"):
-        return "one of " + ", ".join(repr(c) for c in m["choices"])
-    if kind is bool:
-        return "true or false"
-    bounds = [f"{op} {m[k]}" for k, op in (("gt", ">"), ("ge", ">="), ("le", "<=")) if m.get(k) is not None]
-    noun = "an integer" if kind is int else "a number" if kind is float else "a string"
-    return f"{noun} {' and '.join(bounds)}".strip()
-
-
-def check_setting(f: Field, value: Any) -> Any:
-    """Return ``value`` coerced to the setting's type, or raise ``ValueError`` (message: what is allowed)."""
-    kind, m = type(f.default), f.metadata
-    ok_type = (
-        isinstance(value, bool)
-        if kind is bool
-        else (isinstance(value, int) and not isinstance(value, bool))
-        if kind is int
-        else (isinstance(value, int | float) and not isinstance(value, bool))
-        if kind is float
-        else isinstance(value, str)
-    )
-    if not ok_type:
-        raise ValueError(allowed(f))
-    if kind is float:
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(allowed(f))
-    bad = (
-        (m.get("choices") and value not in m["choices"])
-        or (m.get("gt") is not None and not value > m["gt"])
-        or (m.get("ge") is not None and not value >= m["ge"])
-        or (m.get("le") is not None and not value <= m["le"])
-    )
-    if bad:
-        raise ValueError(allowed(f))
-    return value
 
 
 @dataclass(frozen=True)
@@ -159,7 +105,7 @@ class LocalMethod:
     """FedAvg's client (McMahan et al., 2017): the run's loss on a learned linear head; every weight is shared.
 
     Subclasses override only what differs. Class attributes document the method
-    (the README table is generated from them) and tell the client app what to
+    (docs/methods.md's table is generated from them) and tell the client app what to
     send and keep:
 
     * ``local_prefixes``: state-dict key prefixes that are never sent (fixed
