@@ -114,11 +114,12 @@ BACKBONES = {
 
 
 class FeatureHead(nn.Module):
-    """MLP projection to ``dim`` features, optionally BatchNorm-ed (FedGELA)."""
+    """MLP projection to ``dim`` features (one ``Linear`` when ``hidden=0``), optionally BatchNorm-ed (FedGELA)."""
 
     def __init__(self, in_dim: int, dim: int, hidden: int = 256, batchnorm: bool = False) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+        layers = [nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim)] if hidden else []
+        self.mlp = nn.Sequential(*layers) if layers else nn.Sequential(nn.Linear(in_dim, dim))
         self.norm = nn.BatchNorm1d(dim) if batchnorm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,11 +127,11 @@ class FeatureHead(nn.Module):
 
 
 class LinearHead(nn.Module):
-    """Learned linear classifier (FedAvg and most baselines)."""
+    """Learned linear classifier (FedAvg and most baselines); ``bias=False`` for FedRS's bias-free head."""
 
-    def __init__(self, dim: int, num_classes: int) -> None:
+    def __init__(self, dim: int, num_classes: int, bias: bool = True) -> None:
         super().__init__()
-        self.fc = nn.Linear(dim, num_classes)
+        self.fc = nn.Linear(dim, num_classes, bias=bias)
 
     def forward(self, h: torch.Tensor, personal: bool = False) -> torch.Tensor:
         return self.fc(h)
@@ -258,6 +259,7 @@ class FedModel(nn.Module):
 
 
 HEADS = ("linear", "etf", "dual")
+PROJECTIONS = ("mlp", "linear")
 
 
 def build_model(
@@ -271,6 +273,7 @@ def build_model(
     input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     image_size: int = 0,
     feature_norm: str = "none",
+    projection: str = "mlp",
     **head_options: object,
 ) -> FedModel:
     """Build a :class:`FedModel`.
@@ -292,6 +295,8 @@ def build_model(
         Input height/width (needed by ``simple-cnn``).
     feature_norm : str
         ``"batchnorm"`` puts BatchNorm1d on the features (FedGELA), ``"none"`` does not.
+    projection : str
+        The feature head: ``"mlp"`` (Linear ReLU Linear) or ``"linear"`` (one Linear, FedETF's).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"model={backbone!r} is unknown; allowed: {sorted(BACKBONES)}")
@@ -305,12 +310,14 @@ def build_model(
         if backbone == "simple-cnn":
             extra["image_size"] = image_size
         body = BACKBONES[backbone](in_channels=in_channels, **extra)
-        hidden = getattr(body, "head_hidden", 256)
+        if projection not in PROJECTIONS:
+            raise ValueError(f"projection={projection!r} is unknown; allowed: {list(PROJECTIONS)}")
+        hidden = getattr(body, "head_hidden", 256) if projection == "mlp" else 0
         feat = FeatureHead(body.out_dim, feature_dim, hidden=hidden, batchnorm=feature_norm == "batchnorm")
         if head == "etf":
             cls: nn.Module = ETFHead(feature_dim, num_classes, seed=seed, **head_options)  # type: ignore[arg-type]
         elif head == "dual":
             cls = DualHead(feature_dim, num_classes)
         else:
-            cls = LinearHead(feature_dim, num_classes)
+            cls = LinearHead(feature_dim, num_classes, **head_options)  # type: ignore[arg-type]
     return FedModel(body, feat, cls, ImageInput(*input_norm) if input_norm else None)

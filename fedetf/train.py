@@ -57,15 +57,18 @@ def run_phases(
     steps = 0
     try:
         for phase in phases:
-            ids = {id(p) for p in phase.params}
+            params, plain = _ordered(all_params, phase.params), _ordered(all_params, phase.plain)
+            trained = {id(p) for p in params + plain}
             for p in all_params:
-                p.requires_grad_(id(p) in ids)
-            params = [p for p in all_params if id(p) in ids] + [
-                p for p in phase.params if id(p) not in {id(q) for q in all_params}
-            ]
+                p.requires_grad_(id(p) in trained)
             if not params or phase.epochs == 0:
                 continue
-            opt = torch.optim.SGD(params, lr=phase.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+            momentum = settings.momentum if phase.momentum is None else phase.momentum
+            decay = settings.weight_decay if phase.weight_decay is None else phase.weight_decay
+            groups = [{"params": params, "momentum": momentum, "weight_decay": decay}]
+            if plain:
+                groups.append({"params": plain, "momentum": 0.0, "weight_decay": 0.0})
+            opt = torch.optim.SGD(groups, lr=phase.lr)
             for _ in range(phase.epochs):
                 for x, y in loader:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -87,6 +90,13 @@ def run_phases(
         for p, flag in zip(all_params, flags, strict=True):
             p.requires_grad_(flag)
     return (float(total) / steps if steps else float("nan")), steps
+
+
+def _ordered(model_params: list[nn.Parameter], chosen: list[nn.Parameter]) -> list[nn.Parameter]:
+    """``chosen`` in the model's parameter order, then any that are not the model's (e.g. a detached ETF)."""
+    ids = {id(p) for p in chosen}
+    own = {id(p) for p in model_params}
+    return [p for p in model_params if id(p) in ids] + [p for p in chosen if id(p) not in own]
 
 
 def train_local(

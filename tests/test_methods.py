@@ -15,11 +15,10 @@ from fedetf.methods.fedetf import FedETF
 from fedetf.methods.fedgela import FedGELA, adaptation_vector, missing_class_kl
 from fedetf.methods.fedprox import FedProx
 from fedetf.methods.fedrod import FedRoD
-from fedetf.methods.logit_adjust import FedLC, FedRS
+from fedetf.methods.logit_adjust import FedLC
 from fedetf.methods.moon import Moon, model_contrastive_loss
-from fedetf.methods.personal_heads import FedBABU, FedPer, FedRep
-from fedetf.methods.scaffold import Scaffold
-from fedetf.train import client_round, initial_state, run_phases, train_local
+from fedetf.methods.personal_heads import FedPer, FedRep
+from fedetf.train import client_round, initial_state, run_phases
 
 SPEC = ModelSpec(backbone="cnn", in_channels=1, num_classes=4, feature_dim=8, seed=0, image_size=8)
 COUNTS = torch.tensor([5, 0, 3, 0])  # classes 1 and 3 absent locally
@@ -66,47 +65,6 @@ def test_fedlc_calibrates_by_local_counts_and_drops_absent_classes() -> None:
     assert torch.allclose(method.loss(model, x, y), expected, rtol=1e-5)
 
 
-def test_fedrs_scales_absent_class_logits_by_alpha() -> None:
-    x, y = _batch()
-    for alpha in (1.0, 0.2):
-        method, model = _ready(FedRS, FedRS.Settings(alpha=alpha))
-        model.eval()
-        z = model(x)
-        expected = F.cross_entropy(z * torch.tensor([1.0, alpha, 1.0, alpha]), y)
-        assert torch.allclose(method.loss(model, x, y), expected)
-    assert not torch.allclose(expected, F.cross_entropy(z, y))
-
-
-def test_scaffold_one_step_by_hand() -> None:
-    """One plain SGD step: y = x - lr (g + c - c_i); then c_i+ = c_i - c + (x - y) / lr = g."""
-    probe = Scaffold(SPEC)
-    model = probe.build_model().eval()  # eval: BatchNorm uses running stats, so g is deterministic
-    names = [n for n, p in model.named_parameters()]
-    gen = torch.Generator().manual_seed(1)
-    c = {n: 0.01 * torch.randn(p.shape, generator=gen) for n, p in model.named_parameters()}
-    c_i = {n: 0.01 * torch.randn(p.shape, generator=gen) for n, p in model.named_parameters()}
-    x, y = _batch()
-    model.zero_grad()
-    F.cross_entropy(model(x), y).backward()
-    g = {n: p.grad.clone() for n, p in model.named_parameters()}
-    start = {n: p.detach().clone() for n, p in model.named_parameters()}
-
-    state = {f"scaffold.c_i.{n}": v for n, v in c_i.items()}
-    rnd = ClientRound(COUNTS, state=state, received={"scaffold.c": c})
-    method = Scaffold(SPEC)
-    method.begin(model, rnd)
-    model.train = lambda mode=True: model  # type: ignore[method-assign]  # keep eval mode inside the loop
-    loss, steps = train_local(model, method, _loader(), PLAIN)
-    assert steps == 1
-    params = dict(model.named_parameters())
-    for n in names:
-        torch.testing.assert_close(params[n].detach(), start[n] - 0.1 * (g[n] + c[n] - c_i[n]))
-    delta = method.end(model, rnd, steps)["scaffold.delta_c"]
-    for n in names:
-        torch.testing.assert_close(rnd.state[f"scaffold.c_i.{n}"], g[n], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(delta[n], g[n] - c_i[n], atol=1e-5, rtol=1e-4)
-
-
 def test_scaffold_server_updates_c_by_participation_share() -> None:
     import numpy as np
     from flwr.app import Array, ArrayRecord
@@ -143,29 +101,6 @@ def test_moon_contrasts_against_global_and_previous_models() -> None:
     m2 = Moon(SPEC, Moon.Settings(mu=2.0, tau=0.5))
     m2.begin(model, rnd)
     assert not torch.equal(m2._prev.features(x), m2._glob.features(x))
-
-
-def test_fedbabu_head_is_frozen_never_sent_and_fine_tuned_for_the_personal_model() -> None:
-    method, model = _ready(FedBABU, FedBABU.Settings(finetune_epochs=2))
-    head = {k: v.clone() for k, v in model.classifier.state_dict().items()}
-    body = model.backbone.features[0].weight.clone()
-    train_local(model, method, _loader(), PLAIN)
-    assert all(torch.equal(v, model.classifier.state_dict()[k]) for k, v in head.items())
-    assert not torch.equal(body, model.backbone.features[0].weight)
-    assert not any(k.startswith("classifier.") for k in method.shared_state(model))
-    personal = method.personalize(model, _loader(), PLAIN, "cpu")
-    assert personal is not model and not torch.equal(personal.classifier.fc.weight, model.classifier.fc.weight)
-    assert torch.equal(personal.backbone.features[0].weight, model.backbone.features[0].weight)  # head only
-
-
-def test_fedrep_trains_head_then_body_and_keeps_the_head_on_the_client() -> None:
-    method, model = _ready(FedRep, FedRep.Settings(head_epochs=3))
-    phases = method.phases(model, PLAIN)
-    assert [(p.name, p.epochs) for p in phases] == [("head", 3), ("body", 1)]
-    assert {id(p) for p in phases[0].params} == {id(p) for p in model.classifier.parameters()}
-    assert not {id(p) for p in phases[1].params} & {id(p) for p in model.classifier.parameters()}
-    assert not any(k.startswith("classifier.") for k in method.shared_state(model))
-    assert FedPer.personal_prefixes == FedRep.personal_prefixes == ("classifier.",)
 
 
 def test_personal_head_round_trips_through_client_state() -> None:
@@ -209,10 +144,6 @@ def test_fedetf_normalised_features_scale_and_balanced_softmax() -> None:
     expected = F.cross_entropy(model(x) + COUNTS.float().clamp(min=1).log(), y)
     torch.testing.assert_close(method.loss(model, x, y), expected)
     assert "classifier.scale" in method.shared_state(model) and "classifier.etf" not in method.shared_state(model)
-    etf = model.classifier.etf.clone()
-    personal = method.personalize(model, _loader(), PLAIN, "cpu")
-    assert not torch.equal(personal.classifier.etf.detach(), etf) and torch.equal(model.classifier.etf, etf)
-    assert "etf" in dict(model.classifier.named_buffers())  # the shared model is untouched
 
 
 # -- FedGELA and its variants ------------------------------------------------------------------
@@ -315,7 +246,8 @@ def test_phases_freeze_parameters_outside_the_phase_and_restore_flags() -> None:
     method, model = _ready(FedRep)
     body, head = list(model.backbone.parameters()), list(model.classifier.parameters())
     before = [p.clone() for p in body]
-    run_phases(model, [method.phases(model, PLAIN)[0]], _loader(), PLAIN, loss_fn=method.loss)
+    two = TrainSettings(epochs=2, lr=0.1, momentum=0.0, weight_decay=0.0, clip_grad_norm=1e9)
+    run_phases(model, [method.phases(model, two)[0]], _loader(), two, loss_fn=method.loss)
     assert all(torch.equal(a, b) for a, b in zip(before, body, strict=True))
     assert all(p.requires_grad for p in model.parameters())
     assert head[0].grad is not None

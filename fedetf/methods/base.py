@@ -63,12 +63,20 @@ class NoSettings:
 
 @dataclass(frozen=True)
 class Phase:
-    """One stage of local training: which parameters train, for how many epochs, at which lr."""
+    """One stage of local training: which parameters train, for how many epochs, with which SGD settings.
+
+    ``momentum`` and ``weight_decay`` default to the run's (None); ``plain`` parameters
+    train in the same steps with plain SGD at ``lr`` (no momentum, no weight decay,
+    no gradient clipping), e.g. FedRoD's personal head.
+    """
 
     params: list[nn.Parameter]
     epochs: int
     lr: float
     name: str = "train"
+    momentum: float | None = None
+    weight_decay: float | None = None
+    plain: list[nn.Parameter] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -96,9 +104,16 @@ class ClientRound:
     received: Mapping[str, Tensors] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
     server_round: int = 0
+    #: The run's number of rounds (0 if unknown): methods that personalise once, after the last round, need it.
+    num_rounds: int = 0
     #: The client's train loader and the training device (for methods that pass over local data in ``end``).
     train_loader: Any = None
     device: torch.device | str = "cpu"
+
+    @property
+    def last(self) -> bool:
+        """Whether this is the run's last round (known only when ``num_rounds`` is set)."""
+        return 0 < self.num_rounds == self.server_round
 
 
 class LocalMethod:
@@ -124,9 +139,12 @@ class LocalMethod:
     objective: ClassVar[str] = "cross-entropy"
     #: Whether the personal view is a model of its own; if not, it is the global model on the local test split.
     personal_model: ClassVar[bool] = False
+    #: Whether the shared weights form a global model (False for local-only training: generic metrics are NaN).
+    generic_model: ClassVar[bool] = True
     server: ClassVar[str] = "fedavg"
     head: ClassVar[str] = "linear"
     feature_norm: ClassVar[str] = "none"
+    projection: ClassVar[str] = "mlp"
     local_prefixes: ClassVar[tuple[str, ...]] = ()
     personal_prefixes: ClassVar[tuple[str, ...]] = ()
 
@@ -157,6 +175,7 @@ class LocalMethod:
             input_norm=s.input_norm,
             image_size=s.image_size,
             feature_norm=self.feature_norm,
+            projection=self.projection,
             **self.head_options(),
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fedetf.methods.base import ClientRound, LocalMethod
+from fedetf.methods.base import ClientRound, LocalMethod, Phase, TrainSettings
 from fedetf.methods.fedgela import log_prior
 from fedetf.models import FedModel
 
@@ -15,7 +15,8 @@ class FedRoD(LocalMethod):
 
     ``g`` is the shared generic head, trained with balanced softmax (logits plus
     ``log max(n_c, 1)``); ``p`` is the personal head, kept on the client and
-    trained on detached features. Personal logits are ``g(h) + p(h)``.
+    trained on detached features with plain SGD, as in the references. Personal
+    logits are ``g(h) + p(h)``.
     """
 
     name = "fedrod"
@@ -27,6 +28,14 @@ class FedRoD(LocalMethod):
     head = "dual"
     local_prefixes = ("classifier.personal.",)
     personal_prefixes = ("classifier.personal.",)
+
+    def phases(self, model: FedModel, base: TrainSettings) -> list[Phase]:
+        """Body and generic head with the run's optimiser; the personal head with plain SGD at the same lr
+        (ZexiLee/ICCV-2023-FedETF ``client_funct.py`` 287-311: ``SGD(p_head.parameters(), lr=args.lr)``)."""
+        personal = list(model.classifier.personal.parameters())
+        ids = {id(p) for p in personal}
+        shared = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        return [Phase(shared, base.epochs, base.lr, plain=personal)]
 
     def begin(self, model: FedModel, rnd: ClientRound) -> None:
         self._log_prior = log_prior(rnd.label_counts)

@@ -6,6 +6,7 @@ Only the training logits change; evaluation uses the plain model, as in the pape
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -34,18 +35,29 @@ class FedLC(LocalMethod):
 
 
 class FedRS(LocalMethod):
-    """FedRS (Li & Zhan, KDD 2021): restricted softmax, logits of locally absent classes scaled by alpha."""
+    """FedRS (Li & Zhan, KDD 2021): restricted softmax on a bias-free head.
+
+    Class ``c``'s training logit is scaled by ``alpha + (1 - alpha) * n_c / max_c n_c``,
+    so locally absent classes get ``alpha`` and rarer classes a graded scale
+    (lxcnju/FedRepo ``algorithms/fedrs.py`` 185-189; bias-free classifier in
+    ``networks/basic_nets.py`` 82-84).
+    """
 
     name = "fedrs"
     paper = "Li & Zhan, KDD 2021"
-    objective = "CE on z with absent classes' logits scaled by alpha"
+    objective = "CE on z_c * (alpha + (1 - alpha) n_c / max n_c), bias-free head"
 
     @dataclass(frozen=True)
     class Settings:
-        alpha: float = setting(0.5, "scale of absent classes' logits", ge=0, le=1)
+        alpha: float = setting(0.5, "scale of absent classes' logits (paper: 0.5-0.9)", ge=0, le=1)
+
+    def head_options(self) -> dict[str, Any]:
+        return {"bias": False}
 
     def begin(self, model: FedModel, rnd: ClientRound) -> None:
-        self._scale = torch.where(rnd.label_counts > 0, 1.0, self.settings.alpha).to(torch.float32)
+        counts = rnd.label_counts.to(torch.float32)
+        alpha = self.settings.alpha
+        self._scale = alpha + (1 - alpha) * counts / counts.max()
 
     def loss(self, model: FedModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = model(x, personal=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from fedetf.methods.base import LocalMethod, Phase, TrainSettings, setting
+from fedetf.methods.base import ClientRound, LocalMethod, Phase, TrainSettings, setting
 from fedetf.models import FedModel
 
 
@@ -19,19 +19,12 @@ def split_head(model: FedModel) -> tuple[list[nn.Parameter], list[nn.Parameter]]
     return body, list(model.classifier.parameters())
 
 
-def fine_tune(
-    model: FedModel, params: list[nn.Parameter], loader: Any, epochs: int, base: TrainSettings, device: Any
-) -> None:
-    """Plain CE fine-tuning of ``params`` (personal models; no method-specific loss)."""
+def fine_tune(model: FedModel, phases: list[Phase], loader: Any, base: TrainSettings, device: Any) -> None:
+    """Plain CE fine-tuning, phase by phase (personal models; no method-specific loss)."""
     from fedetf.train import run_phases  # local import: train imports methods
 
     run_phases(
-        model,
-        [Phase(params, epochs, base.lr, "fine-tune")],
-        loader,
-        base,
-        device,
-        loss_fn=lambda m, x, y: nn.functional.cross_entropy(m(x, personal=True), y),
+        model, phases, loader, base, device, loss_fn=lambda m, x, y: nn.functional.cross_entropy(m(x, personal=True), y)
     )
 
 
@@ -48,7 +41,11 @@ class FedPer(LocalMethod):
 
 
 class FedRep(FedPer):
-    """FedRep's client: first the head alone for ``head_epochs``, then the body alone for ``local-epochs``."""
+    """FedRep's client: the head alone for ``local-epochs - body-epochs`` epochs, then the body alone.
+
+    The authors train ``local_ep - local_rep_ep`` head epochs, then ``local_rep_ep``
+    body epochs (10 + 1 on CIFAR-10; lgcollins/FedRep ``models/Update.py``).
+    """
 
     name = "fedrep"
     paper = "Collins et al., ICML 2021"
@@ -56,16 +53,23 @@ class FedRep(FedPer):
 
     @dataclass(frozen=True)
     class Settings:
-        head_epochs: int = setting(1, "epochs of head-only training before the body epochs", ge=1)
+        body_epochs: int = setting(1, "of the local epochs, how many train the body (the rest train the head)", ge=0)
 
     def phases(self, model: FedModel, base: TrainSettings) -> list[Phase]:
         body, head = split_head(model)
-        return [Phase(head, self.settings.head_epochs, base.lr, "head"), Phase(body, base.epochs, base.lr, "body")]
+        body_epochs = min(self.settings.body_epochs, base.epochs)
+        return [
+            Phase(head, base.epochs - body_epochs, base.lr, "head"),
+            Phase(body, body_epochs, base.lr, "body"),
+        ]
 
 
 class FedBABU(LocalMethod):
     """FedBABU's client: the head keeps its seeded random initialisation, is never trained during
-    federated training and never sent; the personal model fine-tunes the head (or everything) locally."""
+    federated training and never sent. The personal model fine-tunes the received global model
+    (or the locally trained one), the whole model (or the head), with CE at its own lr,
+    momentum 0.9 and no weight decay (the authors: 5 epochs, lr 1e-3, whole model, from the
+    received model; jhoon-oh/FedBABU)."""
 
     name = "fedbabu"
     paper = "Oh, Kim & Yun, ICLR 2022"
@@ -77,18 +81,26 @@ class FedBABU(LocalMethod):
 
     @dataclass(frozen=True)
     class Settings:
-        finetune_epochs: int = setting(1, "local fine-tuning epochs that form the personal model", ge=0)
-        finetune: str = setting("head", "what the personal fine-tuning trains", choices=("head", "full"))
+        finetune_epochs: int = setting(5, "local fine-tuning epochs that form the personal model", ge=0)
+        finetune_lr: float = setting(1e-3, "lr of the personal fine-tuning (momentum 0.9, no weight decay)", gt=0)
+        finetune: str = setting("full", "what the personal fine-tuning trains", choices=("full", "head"))
+        finetune_from: str = setting("received", "the model fine-tuning starts from", choices=("received", "local"))
+
+    def begin(self, model: FedModel, rnd: ClientRound) -> None:
+        keep = self.settings.finetune_from == "received" and self.settings.finetune_epochs > 0
+        self._received = copy.deepcopy(model) if keep else None
 
     def phases(self, model: FedModel, base: TrainSettings) -> list[Phase]:
         body, _ = split_head(model)
         return [Phase(body, base.epochs, base.lr, "body")]
 
     def personalize(self, model: FedModel, loader: Any, base: TrainSettings, device: Any) -> FedModel:
-        if self.settings.finetune_epochs == 0:
+        s = self.settings
+        if s.finetune_epochs == 0:
             return model
-        personal = copy.deepcopy(model)
+        personal = self._received if self._received is not None else copy.deepcopy(model)
         body, head = split_head(personal)
-        params = head if self.settings.finetune == "head" else body + head
-        fine_tune(personal, params, loader, self.settings.finetune_epochs, base, device)
+        params = head if s.finetune == "head" else body + head
+        phase = Phase(params, s.finetune_epochs, s.finetune_lr, "fine-tune", momentum=0.9, weight_decay=0.0)
+        fine_tune(personal, [phase], loader, base, device)
         return personal
