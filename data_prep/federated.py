@@ -100,13 +100,13 @@ def load_federation(
     partition: str,
     num_clients: int,
     seed: int,
-    classes_per_client: int = 2,
+    classes_per_client: int = 3,
     dirichlet_beta: float = 0.5,
     options: tuple[tuple[str, object], ...] = (),
     *,
     pcdd_assignment: str = "flwr",
     normalize: bool = True,
-    generic_test: str = "balanced",
+    generic_test: str = "full",
 ) -> Federation:
     """Decode (cached) and partition a dataset; a pure function of its arguments.
 
