@@ -12,6 +12,7 @@ from flwr.app import Array, ArrayRecord
 from flwr.common import log
 
 from fedetf.etf import nearest_etf
+from fedetf.methods.fedgela import CLASS_STATS_KEY, ETF_KEY
 from strategies.base import Extras, MethodStrategy
 
 
@@ -21,9 +22,9 @@ class FedGELA(MethodStrategy):
     Clients never send the fixed ETF, so aggregation is FedAvg's (BatchNorm
     statistics included), and any Flower server optimiser composes with it.
     With ``initial_etf`` given, clients send per-class feature sums and counts
-    (``fedgela.class_stats``); from round ``warmup`` on, the server rotates the
+    (:data:`~fedetf.methods.fedgela.CLASS_STATS_KEY`); from round ``warmup`` on, the server rotates the
     ETF to the one nearest the pooled class means and broadcasts it as
-    ``fedgela.etf``.
+    :data:`~fedetf.methods.fedgela.ETF_KEY`.
 
     Parameters
     ----------
@@ -52,7 +53,7 @@ class FedGELA(MethodStrategy):
     def aggregate_extras(self, server_round: int, extras: list[Extras], weights: list[float]) -> None:
         if self.etf is None or server_round < self.warmup:
             return
-        stats = [e["fedgela.class_stats"] for e in extras]
+        stats = [e[CLASS_STATS_KEY] for e in extras]
         sums = np.sum([s["sums"].numpy() for s in stats], axis=0)  # K x d
         counts = np.sum([s["counts"].numpy() for s in stats], axis=0)
         prev = torch.from_numpy(self.etf)
@@ -60,4 +61,4 @@ class FedGELA(MethodStrategy):
         # A class nobody holds this round keeps its current vertex as its "mean".
         means[:, torch.from_numpy(counts == 0)] = prev[:, torch.from_numpy(counts == 0)].to(means)
         self.etf = nearest_etf(means, prev, self.delta).numpy()
-        self.broadcast["fedgela.etf"] = ArrayRecord({"etf": Array(self.etf)})
+        self.broadcast[ETF_KEY] = ArrayRecord({"etf": Array(self.etf)})

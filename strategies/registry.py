@@ -2,7 +2,10 @@
 
 ``method`` in the run config is a built-in name (:data:`METHODS`) or a user's
 client class ``"package.module:ClassName"`` (a :class:`fedetf.methods.LocalMethod`
-subclass). The method names its server side (its ``server`` attribute). The
+subclass). A built-in method is paired with its server side here, by class
+(:data:`SERVERS`); a user's method names its server side in its ``server``
+attribute (a Flower strategy name or ``"package.module:ClassName"``), and a
+subclass of a built-in method without one inherits the built-in's pairing. The
 ``server`` run-config key may replace it by any Flower strategy
 (:data:`FLOWER_STRATEGIES`) or a user's ``"package.module:ClassName"``; a
 method's own server strategy (e.g. SCAFFOLD's control variates) is then
@@ -19,24 +22,50 @@ from typing import Any
 from flwr.serverapp import strategy as flwr_strategies
 from flwr.serverapp.strategy import FedAvg, Strategy
 
+from fedetf.methods import (
+    ditto,
+    fedavg,
+    fedbn,
+    fedetf,
+    fedgela,
+    fednh,
+    fedprox,
+    fedrod,
+    local,
+    logit_adjust,
+    moon,
+    personal_heads,
+    scaffold,
+)
 from fedetf.methods.base import LocalMethod
+from strategies import fedgela as fedgela_server
+from strategies import fednh as fednh_server
+from strategies import local as local_server
+from strategies import scaffold as scaffold_server
 from strategies.base import MethodStrategy
 
-#: Built-in methods: one line each, name -> client class; the class names its server side.
-METHODS: dict[str, str] = {
-    "fedavg": "fedetf.methods.fedavg:FedAvg",
-    "fedgela": "fedetf.methods.fedgela:FedGELA",
-    "fedprox": "fedetf.methods.fedprox:FedProx",
-    "fedlc": "fedetf.methods.logit_adjust:FedLC",
-    "fedrs": "fedetf.methods.logit_adjust:FedRS",
-    "scaffold": "fedetf.methods.scaffold:Scaffold",
-    "moon": "fedetf.methods.moon:Moon",
-    "fedbabu": "fedetf.methods.personal_heads:FedBABU",
-    "fedper": "fedetf.methods.personal_heads:FedPer",
-    "fedrep": "fedetf.methods.personal_heads:FedRep",
-    "fedrod": "fedetf.methods.fedrod:FedRoD",
-    "fedetf": "fedetf.methods.fedetf:FedETF",
+#: Built-in methods, one line each: name -> (client class, server strategy class).
+METHODS: dict[str, tuple[type[LocalMethod], type[Strategy]]] = {
+    "fedavg": (fedavg.FedAvg, FedAvg),
+    "fedgela": (fedgela.FedGELA, fedgela_server.FedGELA),
+    "fedprox": (fedprox.FedProx, flwr_strategies.FedProx),
+    "fedlc": (logit_adjust.FedLC, FedAvg),
+    "fedrs": (logit_adjust.FedRS, FedAvg),
+    "scaffold": (scaffold.Scaffold, scaffold_server.Scaffold),
+    "moon": (moon.Moon, FedAvg),
+    "fedbabu": (personal_heads.FedBABU, FedAvg),
+    "fedper": (personal_heads.FedPer, FedAvg),
+    "fedrep": (personal_heads.FedRep, FedAvg),
+    "fedrod": (fedrod.FedRoD, FedAvg),
+    "fedetf": (fedetf.FedETF, FedAvg),
+    "local": (local.LocalOnly, local_server.LocalOnly),
+    "ditto": (ditto.Ditto, FedAvg),
+    "fednh": (fednh.FedNH, fednh_server.FedNH),
+    "fedbn": (fedbn.FedBN, FedAvg),
 }
+
+#: The server strategy of each built-in client class.
+SERVERS: dict[type[LocalMethod], type[Strategy]] = {client: server for client, server in METHODS.values()}
 
 #: Flower's message-based strategies usable as the server side, by lower-case name.
 FLOWER_STRATEGIES: dict[str, type[Strategy]] = {
@@ -81,7 +110,7 @@ def resolve_method(name: str) -> type[LocalMethod]:
             raise StrategyError(
                 f"invalid run config: method={name!r}; allowed: one of {sorted(METHODS)} or 'package.module:ClassName'"
             )
-        name = METHODS[name]
+        return METHODS[name][0]
     return _import(name, "method", LocalMethod, "a fedetf.methods.LocalMethod subclass")
 
 
@@ -97,9 +126,20 @@ def resolve_server(name: str, key: str = "server") -> type[Strategy]:
     return _import(name, key, Strategy, "a flwr Strategy subclass")
 
 
+def own_server(method: type[LocalMethod]) -> type[Strategy]:
+    """The method's own server strategy: the nearest class in its MRO that names one (``server``) or is a
+    built-in method (:data:`SERVERS`)."""
+    for klass in method.__mro__:
+        if "server" in vars(klass):
+            return resolve_server(klass.server, key=f"{method.name}.server")  # type: ignore[attr-defined]
+        if klass in SERVERS:
+            return SERVERS[klass]
+    return FedAvg
+
+
 def server_class(method: type[LocalMethod], override: str = "auto") -> type[Strategy]:
     """The method's server strategy, or ``override``; a method strategy is rebased on ``override``."""
-    own = resolve_server(method.server, key=f"{method.name}.server")
+    own = own_server(method)
     if override == "auto":
         return own
     chosen = resolve_server(override)
@@ -161,9 +201,11 @@ def build_strategy(
 __all__ = [
     "FLOWER_STRATEGIES",
     "METHODS",
+    "SERVERS",
     "StrategyError",
     "accepted_kwargs",
     "build_strategy",
+    "own_server",
     "resolve_method",
     "resolve_server",
     "server_class",

@@ -67,7 +67,6 @@ class FedGELA(LocalMethod):
     keeps = "nothing (Ew is recomputed from local label counts)"
     objective = "CE on h^T M diag(Ew) / T"
     personal_model = True
-    server = "strategies.fedgela:FedGELA"
     head = "etf"
     local_prefixes = ("classifier.etf",)
 

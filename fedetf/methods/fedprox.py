@@ -17,7 +17,6 @@ class FedProx(LocalMethod):
     name = "fedprox"
     paper = "Li et al., MLSys 2020"
     objective = "CE + mu/2 ||w - w_global||^2"
-    server = "fedprox"
 
     @dataclass(frozen=True)
     class Settings:
