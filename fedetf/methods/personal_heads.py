@@ -44,7 +44,8 @@ class FedRep(FedPer):
     """FedRep's client: the head alone for ``local-epochs - body-epochs`` epochs, then the body alone.
 
     The authors train ``local_ep - local_rep_ep`` head epochs, then ``local_rep_ep``
-    body epochs (10 + 1 on CIFAR-10; lgcollins/FedRep ``models/Update.py``).
+    body epochs (10 + 1 on CIFAR-10), and in the last round only the head, for
+    ``max(10, local_ep - local_rep_ep)`` epochs (lgcollins/FedRep ``models/Update.py``).
     """
 
     name = "fedrep"
@@ -55,9 +56,16 @@ class FedRep(FedPer):
     class Settings:
         body_epochs: int = setting(1, "of the local epochs, how many train the body (the rest train the head)", ge=0)
 
+    _last = False  # set per round by begin()
+
+    def begin(self, model: FedModel, rnd: ClientRound) -> None:
+        self._last = rnd.last
+
     def phases(self, model: FedModel, base: TrainSettings) -> list[Phase]:
         body, head = split_head(model)
         body_epochs = min(self.settings.body_epochs, base.epochs)
+        if self._last:
+            return [Phase(head, max(10, base.epochs - body_epochs), base.lr, "head")]
         return [
             Phase(head, base.epochs - body_epochs, base.lr, "head"),
             Phase(body, body_epochs, base.lr, "body"),

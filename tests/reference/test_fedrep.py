@@ -3,7 +3,9 @@
 ``head_eps = local_eps - local_rep_ep``: epochs ``iter < head_eps`` train the head alone, the remaining
 ``local_rep_ep`` epochs the body alone. The authors' scripts: ``FedRep_cifar10_2shards.sh`` ``--local_ep 11
 --local_rep_ep 1`` (10 head + 1 body epochs), ``FedRep_cifar100_{5,20}shards.sh`` ``--local_ep 15 --local_rep_ep 5``
-(10 + 5). Only the body is sent; the head stays with the client (``main_fedrep.py`` 150-154).
+(10 + 5). In the last round (``last=True``, lines 577-584) only the head trains, for
+``max(10, local_ep - local_rep_ep)`` epochs. Only the body is sent; the head stays with the client
+(``main_fedrep.py`` 150-154).
 """
 
 from __future__ import annotations
@@ -32,3 +34,12 @@ def test_head_epochs_then_body_epochs_as_the_authors_scripts(local_ep: int, rep_
 
 def test_default_is_one_body_epoch() -> None:
     assert FedRep.Settings().body_epochs == 1
+
+
+@pytest.mark.parametrize(("local_ep", "head"), [(11, 10), (3, 10), (15, 14)])
+def test_last_round_trains_only_the_head(local_ep: int, head: int) -> None:
+    method = FedRep(SPEC)
+    model = method.build_model()
+    method.begin(model, ClientRound(torch.tensor([1, 1, 0, 0]), server_round=7, num_rounds=7))
+    phases = method.phases(model, TrainSettings(epochs=local_ep))
+    assert [(p.name, p.epochs) for p in phases] == [("head", head)]
