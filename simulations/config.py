@@ -180,11 +180,9 @@ class RunConfig:
     )
     output_dir: str = setting(
         "",
-        "the results folder, new or empty (docs/results.md)",
-        rule=Rule(
-            "an absolute path, or '' for a fresh runs/<time>-<method>-<dataset> beside pyproject.toml",
-            _absolute_or_empty,
-        ),
+        "the results folder, new or empty; `''` makes a fresh `runs/<time>-<method>-<dataset>` beside "
+        "pyproject.toml (docs/results.md)",
+        rule=Rule("an absolute path, or '' for a fresh folder in runs/", _absolute_or_empty),
     )
     diagnostics: bool = setting(False, "neural-collapse diagnostics every round (docs/results.md)")
     checkpoint_every: int = setting(
