@@ -182,7 +182,7 @@ def client_round(
     method.begin(model, rnd)
     before = evaluate(model, test_loader, personal=True, device=device)
     loss, steps = train_local(model, method, train_loader, settings, device)
-    out = {k: v.detach().cpu() for k, v in method.shared_state(model).items()}
+    out = {k: v.detach().cpu().clone() for k, v in method.shared_state(model).items()}  # not the live model's
     for k, v in out.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise NonFiniteError(f"local training produced non-finite weights in {k!r} (lower lr)")

@@ -251,3 +251,10 @@ def test_phases_freeze_parameters_outside_the_phase_and_restore_flags() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, body, strict=True))
     assert all(p.requires_grad for p in model.parameters())
     assert head[0].grad is not None
+
+
+def test_fedlc_with_tau_zero_is_plain_cross_entropy() -> None:
+    method, model = _ready(FedLC, FedLC.Settings(tau=0.0))
+    model.eval()
+    x, y = _batch()
+    torch.testing.assert_close(method.loss(model, x, y), F.cross_entropy(model(x), y))

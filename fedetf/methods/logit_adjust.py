@@ -27,7 +27,9 @@ class FedLC(LocalMethod):
 
     def begin(self, model: FedModel, rnd: ClientRound) -> None:
         counts = rnd.label_counts.to(torch.float32)
-        self._shift = torch.where(counts > 0, self.settings.tau * counts.clamp(min=1) ** -0.25, torch.inf)
+        tau = self.settings.tau
+        absent = torch.inf if tau > 0 else 0.0  # tau = 0 turns the calibration off, absent classes included
+        self._shift = torch.where(counts > 0, tau * counts.clamp(min=1) ** -0.25, absent)
 
     def loss(self, model: FedModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = model(x, personal=True)
