@@ -1,14 +1,34 @@
-"""fedetf ClientApp: one client round of the run's method; per-client state in ``context.state``."""
+"""fedetf ClientApp: one client round of the run's method; per-client state in ``context.state``.
+
+A client's own failure (its training diverged, its data cannot be read) is
+answered with an error reply carrying one line, not raised: the server counts
+the client as failed and the log shows no traceback per client.
+"""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from data_prep.datasets import DatasetError
 from fedetf.methods import ClientRound, TrainSettings
-from fedetf.train import client_diagnostics, client_round, evaluate
+from fedetf.train import NonFiniteError, client_diagnostics, client_round, evaluate
 from simulations.config import parse_run_config
+from simulations.contracts import (
+    ARRAYS,
+    CLIENT_STATE,
+    CONFIG,
+    METRICS,
+    NODE,
+    RESTORE_STATE,
+    SEND_STATE,
+    ClientMetrics,
+    error_reply,
+)
 from simulations.faults import fault_injection_mod
 from simulations.task import device, federation, make_method, model_buffer, round_seed
 
@@ -16,37 +36,54 @@ app = ClientApp(mods=[fault_injection_mod])
 
 #: The key of the method's per-client state in ``context.state`` (an ArrayRecord of named tensors).
 STATE_KEY = "fedetf.method-state"
-#: Records the server and client exchange for checkpoints: the client's state (reply), its restore (resume).
-STATE_REPLY, STATE_RESTORE = "fedetf.client-state", "fedetf.restore-state"
-_PRIVATE = ("arrays", STATE_RESTORE)
+#: Failures that are the client's own; any other exception is a bug and keeps its traceback.
+CLIENT_FAILURES: tuple[type[Exception], ...] = (NonFiniteError, DatasetError)
+
+Handler = Callable[[Message, Context], Message]
+
+
+def _fails_in_one_line(handler: Handler) -> Handler:
+    """Answer :data:`CLIENT_FAILURES` with an error reply instead of raising."""
+
+    @functools.wraps(handler)
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except CLIENT_FAILURES as exc:
+            return error_reply(msg, exc)
+
+    return wrapped
 
 
 def _state(msg: Message, context: Context) -> dict[str, torch.Tensor]:
-    """The client's own state; after a resume, the checkpointed one the server sends back once."""
+    """The client's own state; after a resume, the checkpointed one the server sends until the client has it."""
     record = context.state.get(STATE_KEY)
-    if not isinstance(record, ArrayRecord) and STATE_RESTORE in msg.content:
-        record = msg.content[STATE_RESTORE]
+    if not isinstance(record, ArrayRecord) and RESTORE_STATE in msg.content:
+        record = msg.content[RESTORE_STATE]
     return dict(record.to_torch_state_dict()) if isinstance(record, ArrayRecord) else {}
 
 
 def _received(msg: Message) -> dict[str, dict[str, torch.Tensor]]:
     """The server's broadcast records: every ArrayRecord but the global weights and a state restore."""
-    return {k: r.to_torch_state_dict() for k, r in msg.content.array_records.items() if k not in _PRIVATE}
+    return {
+        k: r.to_torch_state_dict() for k, r in msg.content.array_records.items() if k not in (ARRAYS, RESTORE_STATE)
+    }
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Handshake: report this node's partition id and the number of partitions."""
     node = ConfigRecord({k: int(context.node_config[k]) for k in ("partition-id", "num-partitions")})
-    return Message(content=RecordDict({"node": node}), reply_to=msg)
+    return Message(content=RecordDict({NODE: node}), reply_to=msg)
 
 
 @app.train()
+@_fails_in_one_line
 def train(msg: Message, context: Context) -> Message:
     """Evaluate the received model (personal view), train locally, evaluate the personal model."""
     cfg = parse_run_config(context.run_config)
     pid = int(context.node_config["partition-id"])
-    config = dict(msg.content["config"])
+    config = dict(msg.content[CONFIG])
     server_round = int(config["server-round"])
     seed = round_seed(cfg.seed, server_round, pid)
     torch.manual_seed(seed)
@@ -60,9 +97,10 @@ def train(msg: Message, context: Context) -> Message:
         received=_received(msg),
         config=config,
         server_round=server_round,
+        num_rounds=cfg.num_server_rounds,
     )
     settings = TrainSettings(cfg.local_epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_grad_norm)
-    shared = msg.content["arrays"].to_torch_state_dict()
+    shared = msg.content[ARRAYS].to_torch_state_dict()
     dev = device(cfg)
     diagnose = None
     if cfg.diagnostics:
@@ -71,31 +109,30 @@ def train(msg: Message, context: Context) -> Message:
     res = client_round(method, model, initial, shared, rnd, train_loader, test_loader, settings, dev, diagnose)
     if res.state:
         context.state[STATE_KEY] = ArrayRecord(res.state)
-    metrics = MetricRecord(
-        {
-            "num-examples": len(train_loader.dataset),
-            "num-batches": res.steps // max(1, cfg.local_epochs),
-            "train-loss": res.train_loss,
-            "personal-acc": res.after.acc,
-            "personal-bacc": res.after.bacc,
-            "personal-correct": res.after.num_correct,
-            "personal-acc-before": res.before.acc,
-            "personal-bacc-before": res.before.bacc,
-            "personal-correct-before": res.before.num_correct,
-            "test-examples": res.after.num_examples,
-            "partition-id": pid,
-            **{k.replace("_", "-"): v for k, v in res.diagnostics.items()},
-        }
+    metrics = ClientMetrics(
+        partition_id=pid,
+        personal_acc=res.after.acc,
+        personal_bacc=res.after.bacc,
+        personal_acc_before=res.before.acc,
+        personal_bacc_before=res.before.bacc,
+        train_loss=res.train_loss,
+        train_examples=len(train_loader.dataset),
+        test_examples=res.after.num_examples,
+        num_batches=res.steps // max(1, cfg.local_epochs),
+        personal_correct=res.after.num_correct,
+        personal_correct_before=res.before.num_correct,
+        **res.diagnostics,
     )
-    content = RecordDict({"arrays": ArrayRecord(res.shared), "metrics": metrics})
-    if config.get("send-state") and res.state:  # the server checkpoints per-client states
-        content[STATE_REPLY] = ArrayRecord(res.state)
+    content = RecordDict({ARRAYS: ArrayRecord(res.shared), METRICS: metrics.to_record()})
+    if config.get(SEND_STATE) and res.state:  # the server checkpoints per-client states
+        content[CLIENT_STATE] = ArrayRecord(res.state)
     for name, tensors in res.extras.items():
         content[name] = ArrayRecord({k: v.detach().cpu() for k, v in tensors.items()})
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
+@_fails_in_one_line
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Evaluate the received model with this client's personal state and adaptation on its test split."""
     cfg = parse_run_config(context.run_config)
@@ -108,12 +145,12 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         label_counts=torch.from_numpy(fed.label_counts(pid)),
         state=_state(msg, context),
         received=_received(msg),
-        config=dict(msg.content["config"]),
+        config=dict(msg.content[CONFIG]),
     )
-    method.load(model, msg.content["arrays"].to_torch_state_dict(), initial, rnd.state, rnd.received)
+    method.load(model, msg.content[ARRAYS].to_torch_state_dict(), initial, rnd.state, rnd.received)
     dev = device(cfg)
     model.to(dev)
     method.begin(model, rnd)
     res = evaluate(model, test_loader, personal=True, device=dev)
-    metrics = MetricRecord({"num-examples": res.num_examples, "personal-acc": res.acc, "personal-bacc": res.bacc})
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    metrics = {"num-examples": res.num_examples, "personal-acc": res.acc, "personal-bacc": res.bacc}
+    return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -1,33 +1,37 @@
-"""A Grid wrapper that makes any strategy reproducible and observable.
+"""Grids: partition order for reproducible sampling, and nodes that live in this process.
 
 Simulated node ids are random per run. After one handshake that asks each
 node for its partition id, :class:`PartitionOrderedGrid` lists nodes in
 partition order (so a seeded ``random.sample`` in any strategy picks the same
-partitions every run), returns replies in partition order (so float sums in
-aggregation happen in the same order), and hands every train reply to a
-callback (per-client metrics for ``clients.csv``), whatever the strategy.
+partitions every run) and returns replies in partition order (so float sums in
+aggregation happen in the same order). It changes no message.
+
+:class:`InProcessGrid` hands each message straight to a ClientApp in this
+process, one Context per node: the whole round loop without Ray (tests).
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from simulations.contracts import NODE
 
 
 class PartitionOrderedGrid(Grid):
     """Delegates to ``inner``; orders nodes and replies by partition id."""
 
-    def __init__(self, inner: Grid, on_train_replies: Callable[[list[Message]], None] | None = None) -> None:
+    def __init__(self, inner: Grid) -> None:
         self.inner = inner
-        self.on_train_replies = on_train_replies
         self.partition_of: dict[int, int] = {}
         self.num_partitions: set[int] = set()
-        #: Per-partition records to add to that partition's next train message only (e.g. a state restore).
-        self.private_records: dict[int, dict[str, Any]] = {}
 
     def wait_for_nodes(
         self,
@@ -76,8 +80,8 @@ class PartitionOrderedGrid(Grid):
         errors = [r.error.reason for r in replies if r.has_error()]
         if errors or len(replies) != len(nodes):
             raise RuntimeError(f"handshake failed ({len(replies)}/{len(nodes)} replies): {errors[:1]}")
-        self.partition_of = {r.metadata.src_node_id: int(r.content["node"]["partition-id"]) for r in replies}
-        self.num_partitions = {int(r.content["node"]["num-partitions"]) for r in replies}
+        self.partition_of = {r.metadata.src_node_id: int(r.content[NODE]["partition-id"]) for r in replies}
+        self.num_partitions = {int(r.content[NODE]["num-partitions"]) for r in replies}
         return self.partition_of
 
     def _order(self, node_id: int) -> tuple[int, int]:
@@ -103,24 +107,59 @@ class PartitionOrderedGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self.inner.pull_messages(message_ids)
 
-    def _with_private_records(self, messages: list[Message]) -> list[Message]:
-        """Give each node its pending private records, in a message of its own (strategies share one content)."""
-        out = []
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        replies = self.inner.send_and_receive(messages, timeout=timeout)
+        return sorted(replies, key=lambda m: self._order(m.metadata.src_node_id))
+
+
+class InProcessGrid(Grid):
+    """Nodes in this process: each message goes at once to ``client_app`` with that node's Context.
+
+    Node ``1000 + p`` holds partition ``p``; its Context (and so its ``context.state``)
+    lives as long as the grid, as in Flower's simulation engine.
+    """
+
+    def __init__(self, client_app: ClientApp, run_config: dict[str, Any], num_nodes: int) -> None:
+        self.app = client_app
+        self._run = Run.create_empty(1)
+        self.contexts = {
+            1000 + p: Context(
+                run_id=1,
+                node_id=1000 + p,
+                node_config={"partition-id": p, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for p in range(num_nodes)
+        }
+        self.replies: dict[str, Message] = {}
+
+    def set_run(self, run: Any) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Any:
+        return self._run
+
+    def create_message(  # type: ignore[override]
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
         for msg in messages:
-            extra = self.private_records.pop(self.partition_of.get(msg.metadata.dst_node_id, -1), None)
-            if extra:
-                content = RecordDict({**dict(msg.content.items()), **extra})
-                msg = Message(content=content, dst_node_id=msg.metadata.dst_node_id, message_type=MessageType.TRAIN)
-            out.append(msg)
-        return out
+            mid = str(uuid.uuid4())
+            msg.metadata.__dict__["_message_id"] = mid  # what the SuperLink assigns
+            self.replies[mid] = self.app(msg, self.contexts[msg.metadata.dst_node_id])
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self.replies.pop(m) for m in message_ids if m in self.replies]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        messages = list(messages)
-        if self.private_records and messages and messages[0].metadata.message_type == MessageType.TRAIN:
-            messages = self._with_private_records(messages)
-        replies = sorted(
-            self.inner.send_and_receive(messages, timeout=timeout), key=lambda m: self._order(m.metadata.src_node_id)
-        )
-        if self.on_train_replies and messages and messages[0].metadata.message_type == MessageType.TRAIN:
-            self.on_train_replies(replies)
-        return replies
+        return self.pull_messages(self.push_messages(messages))

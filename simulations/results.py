@@ -1,19 +1,24 @@
-"""Results writing: metrics.csv, clients.csv, run.json, and the final summary."""
+"""Results writing: metrics.csv, clients.csv, run.json (and its one reader, :class:`RunInfo`), the final summary."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import tempfile
 import time
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from fedetf.io import atomic_write_text
+from simulations.contracts import ClientMetrics
 
 METRIC_COLUMNS = [
     "round",
@@ -32,18 +37,18 @@ METRIC_COLUMNS = [
     "test_examples",
     "round_seconds",
 ]
-CLIENT_COLUMNS = [
-    "round",
-    "partition_id",
-    "personal_acc",
-    "personal_bacc",
-    "personal_acc_before",
-    "personal_bacc_before",
-    "train_loss",
-    "train_examples",
-    "test_examples",
-    "num_batches",
+DIAGNOSTIC_METRIC_COLUMNS = [
+    "nc1",
+    "nc_equinorm",
+    "nc_equiangularity",
+    "nc_cos_gap",
+    "nc_self_duality",
+    "angle_missing",
+    "angle_present",
+    "space_missing_share",
 ]
+CLIENT_COLUMNS = ClientMetrics.columns()
+DIAGNOSTIC_CLIENT_COLUMNS = ClientMetrics.diagnostic_columns()
 PACKAGES = ("fedetf", "flwr", "flwr-datasets", "ray", "torch", "torchvision", "numpy", "scikit-learn", "pandas")
 
 
@@ -91,6 +96,38 @@ def fresh_output_dir(output_dir: str, method: str, dataset: str) -> Path:
     raise FileExistsError(f"cannot create a fresh folder near {base}")
 
 
+class OutputDirError(ValueError):
+    """The output folder cannot take the run's results; the message is one line naming ``output-dir``."""
+
+
+def check_output_dir(output_dir: str, resume: bool = False) -> None:
+    """Check, writing nothing that stays, that the run's results can go to ``output_dir``.
+
+    The folder (``runs/`` under :func:`project_dir` for ``''``) must be a folder or creatable in
+    a writable one; a fresh run also needs it empty or absent. Raises :class:`OutputDirError`.
+    """
+    out = Path(output_dir) if output_dir else project_dir() / "runs"
+
+    def fail(reason: str) -> OutputDirError:
+        return OutputDirError(f"invalid run config: output-dir={output_dir!r} {reason}")
+
+    if out.exists() and not out.is_dir():
+        raise fail("is a file; allowed: a new or empty folder")
+    if output_dir and not resume and out.is_dir() and any(out.iterdir()):
+        raise fail("exists and is not empty; allowed: a new or empty folder, or '' for a fresh runs/ folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise fail(f"is below the file {existing}; allowed: a folder path")
+    try:
+        with tempfile.TemporaryDirectory(dir=existing, prefix=".fedetf-write-check-"):
+            pass
+    except OSError as exc:
+        raise fail(
+            f"cannot be written: creating a folder in {existing} failed ({exc.strerror or type(exc).__name__}); "
+            "allowed: a folder this user can create and write"
+        ) from None
+
+
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -101,59 +138,156 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-DIAGNOSTIC_METRIC_COLUMNS = [
-    "nc1",
-    "nc_equinorm",
-    "nc_equiangularity",
-    "nc_cos_gap",
-    "nc_self_duality",
-    "angle_missing",
-    "angle_present",
-    "space_missing_share",
-]
-DIAGNOSTIC_CLIENT_COLUMNS = ["angle_missing", "angle_present", "space_missing_share"]
+class RunInfoError(ValueError):
+    """``run.json`` is missing or unreadable; the message is one line."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """``run.json``: what the ServerApp records about a run, written and read only through this class.
+
+    ``status`` is ``running``, ``finished`` or ``failed`` (with ``error``, one line);
+    ``heartbeat`` (time of the last write), ``pid`` and ``host`` tell a killed run from
+    a running one (:meth:`state`). Keys this version does not know are kept in ``other``.
+    """
+
+    config: dict[str, Any] = field(default_factory=dict)
+    status: str = "running"
+    error: str = ""
+    seed: int | None = None
+    heartbeat: float = 0.0
+    pid: int | None = None
+    host: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    method: str = ""
+    method_settings: dict[str, Any] = field(default_factory=dict)
+    strategy_class: str = ""
+    personal_view: str = ""
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    other: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path | str) -> RunInfo:
+        """Read ``path`` (a run folder, or its ``run.json``); raise :class:`RunInfoError` with one line."""
+        path = Path(path)
+        file = path / "run.json" if path.is_dir() else path
+        try:
+            raw = json.loads(file.read_text())
+        except FileNotFoundError:
+            raise RunInfoError(f"{file} does not exist") from None
+        except (OSError, ValueError) as exc:
+            raise RunInfoError(f"{file} is unreadable ({type(exc).__name__})") from None
+        if not isinstance(raw, dict):
+            raise RunInfoError(f"{file} is not a JSON object")
+        known = {f.name for f in fields(cls)} - {"other"}
+        return cls(
+            **{k: v for k, v in raw.items() if k in known},
+            other={k: v for k, v in raw.items() if k not in known},
+        )
+
+    def to_json(self) -> str:
+        info = {k: v for k, v in asdict(self).items() if k != "other" and (k != "error" or v)}
+        return json.dumps({**info, **self.other}, indent=2, default=str)
+
+    def state(self, stale_after: float = 600.0) -> str:
+        """``finished``, ``failed``, ``running`` or ``interrupted`` (status running, but no heartbeat for
+        ``stale_after`` seconds, or the writing process is gone on this machine)."""
+        if self.status != "running":
+            return self.status
+        if self.pid and platform.node() == (self.host or platform.node()):
+            try:
+                os.kill(int(self.pid), 0)
+            except ProcessLookupError:
+                return "interrupted"
+            except PermissionError:
+                pass
+        return "interrupted" if time.time() - float(self.heartbeat) > stale_after else "running"
+
+
+def run_state(run_dir: Path, stale_after: float = 600.0) -> str:
+    """The state of the run in ``run_dir`` (see :meth:`RunInfo.state`)."""
+    return RunInfo.load(run_dir).state(stale_after)
+
+
+def round_row(clients: list[ClientMetrics]) -> dict[str, Any]:
+    """A round's personal view over its clients: pooled by test examples, and the plain client mean."""
+    n_test = sum(c.test_examples for c in clients)
+    n_train = sum(c.train_examples for c in clients)
+
+    def mean(values: list[float], weights: list[int] | None = None) -> float:
+        total = sum(weights) if weights is not None else len(values)
+        return (
+            sum(v * w for v, w in zip(values, weights or [1] * len(values), strict=True)) / total if total else math.nan
+        )
+
+    tests = [c.test_examples for c in clients]
+    row: dict[str, Any] = {
+        "personal_acc": sum(c.personal_correct for c in clients) / n_test if n_test else math.nan,
+        "personal_bacc": mean([c.personal_bacc for c in clients], tests),
+        "personal_acc_before": sum(c.personal_correct_before for c in clients) / n_test if n_test else math.nan,
+        "personal_bacc_before": mean([c.personal_bacc_before for c in clients], tests),
+        "personal_acc_client_mean": mean([c.personal_acc for c in clients]),
+        "train_loss": mean([c.train_loss for c in clients], [c.train_examples for c in clients]),
+        "num_clients": len(clients),
+        "train_examples": n_train,
+        "test_examples": n_test,
+    }
+    for col in DIAGNOSTIC_CLIENT_COLUMNS:
+        values = [getattr(c, col) for c in clients]
+        if values and not all(math.isnan(v) for v in values):
+            row[col] = float(np.nanmean(values))
+    return row
 
 
 class RunRecorder:
-    """Collects per-round and per-client rows and writes them atomically after every round.
-
-    ``run.json`` carries a ``heartbeat`` (time of the last write) and the writer's
-    ``pid``: a run whose status is ``running`` but whose heartbeat is old was
-    killed (see :func:`run_state`).
-    """
+    """Collects per-round and per-client rows and writes the results files atomically after every round."""
 
     def __init__(self, out_dir: Path, config: dict[str, Any], diagnostics: bool = False) -> None:
         self.out_dir = out_dir
         self.config = config
         self.metric_columns = METRIC_COLUMNS + (DIAGNOSTIC_METRIC_COLUMNS if diagnostics else [])
-        self.client_columns = CLIENT_COLUMNS + (DIAGNOSTIC_CLIENT_COLUMNS if diagnostics else [])
+        self.client_columns = ClientMetrics.columns(diagnostics)
         self.rounds: list[dict[str, Any]] = []
         self.clients: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {"start": time.time()}
-        self.extra: dict[str, Any] = {}
+        #: What run.json says about the run besides its results (method, strategy class, notes, ...).
+        self.about: dict[str, Any] = {}
+        self.resumes: list[dict[str, Any]] = []
 
     @classmethod
     def resume(cls, out_dir: Path, config: dict[str, Any], diagnostics: bool, up_to_round: int) -> RunRecorder:
         """The recorder of an interrupted run, with its rows up to ``up_to_round`` (later ones are redone)."""
         rec = cls(out_dir, config, diagnostics)
-        info = json.loads((out_dir / "run.json").read_text())
+        info = RunInfo.load(out_dir)
         metrics = pd.read_csv(out_dir / "metrics.csv")
         clients = pd.read_csv(out_dir / "clients.csv")
         rec.rounds = metrics[metrics["round"] <= up_to_round].to_dict("records")
         rec.clients = clients[clients["round"] <= up_to_round].to_dict("records")
-        rec.timings = {k: v for k, v in info.get("timings", {}).items() if k == "start"} or rec.timings
-        rec.extra["resumes"] = [
-            *info.get("resumes", []),
-            {"time": time.time(), "from_round": up_to_round, "last_heartbeat": info.get("heartbeat")},
+        rec.timings = {k: v for k, v in info.timings.items() if k == "start"} or rec.timings
+        rec.resumes = [
+            *info.resumes,
+            {"time": time.time(), "from_round": up_to_round, "last_heartbeat": info.heartbeat},
         ]
         return rec
 
-    def add_clients(self, rows: list[dict[str, Any]]) -> None:
-        self.clients.extend(rows)
-
-    def add_round(self, row: dict[str, Any]) -> None:
+    def add_round(
+        self, server_round: int, generic: dict[str, float], clients: list[ClientMetrics], failed: int, seconds: float
+    ) -> dict[str, Any]:
+        """Record a round (its generic metrics, its clients' metrics, how many failed); write; return its row."""
+        self.clients.extend(c.row(server_round) for c in clients)
+        row = {
+            "round": server_round,
+            **generic,
+            **round_row(clients),
+            "failed_clients": failed,
+            "round_seconds": seconds,
+        }
         self.rounds.append(row)
         self.write()
+        return row
 
     @property
     def metrics(self) -> pd.DataFrame:
@@ -169,53 +303,37 @@ class RunRecorder:
         if status != "running":
             timings["end"] = time.time()
             timings["total_seconds"] = timings["end"] - timings["start"]
-        info = {
-            "config": self.config,
-            "seed": self.config.get("seed"),
-            "status": status,
-            **({"error": error} if error else {}),
-            "heartbeat": time.time(),
-            "pid": os.getpid(),
-            "host": platform.node(),
-            "versions": package_versions(),
-            "timings": timings,
-            "summary": summarize(self.metrics) if status == "finished" and self.rounds else {},
-            **self.extra,
-        }
-        atomic_write_text(self.out_dir / "run.json", json.dumps(info, indent=2, default=str))
-
-
-def run_state(run_dir: Path, stale_after: float = 600.0) -> str:
-    """``finished``, ``failed``, ``running`` or ``interrupted`` (status running, no heartbeat for ``stale_after``
-    seconds, or the writing process is gone on this machine)."""
-    info = json.loads((run_dir / "run.json").read_text())
-    status = info.get("status", "running")
-    if status != "running":
-        return status
-    pid, beat = info.get("pid"), info.get("heartbeat", 0)
-    if pid and platform.node() == info.get("host", platform.node()):
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return "interrupted"
-        except PermissionError:
-            pass
-    return "interrupted" if time.time() - float(beat) > stale_after else "running"
+        info = RunInfo(
+            config=self.config,
+            status=status,
+            error=error,
+            seed=self.config.get("seed"),
+            heartbeat=time.time(),
+            pid=os.getpid(),
+            host=platform.node(),
+            versions=package_versions(),
+            timings=timings,
+            summary=summarize(self.metrics) if status == "finished" and self.rounds else {},
+            resumes=self.resumes,
+            **self.about,
+        )
+        atomic_write_text(self.out_dir / "run.json", info.to_json())
 
 
 def summarize(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Last-round and best-round values of the personal and generic views."""
+    """Last-round and best-round values of the personal and generic views (NaN throughout: no best round)."""
     out: dict[str, dict[str, float]] = {}
     last = metrics.iloc[-1]
     for view in ("generic", "personal", "personal_before"):
         for m in ("acc", "bacc"):
             col = f"{view}_{m}" if view != "personal_before" else f"personal_{m}_before"
-            best = int(metrics[col].idxmax())
+            values = metrics[col].astype(float)
+            best = int(values.idxmax()) if values.notna().any() else None
             out[col] = {
                 "last": float(last[col]),
                 "last_round": int(last["round"]),
-                "best": float(metrics.loc[best, col]),
-                "best_round": int(metrics.loc[best, "round"]),
+                "best": float(metrics.loc[best, col]) if best is not None else math.nan,
+                "best_round": int(metrics.loc[best, "round"]) if best is not None else None,
             }
     return out
 

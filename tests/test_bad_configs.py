@@ -34,8 +34,9 @@ USER_MODULES = {
 @dataclass(frozen=True)
 class Case:
     id: str
-    #: ``--run-config``; ``{existing}`` (a folder with earlier results), ``{empty}`` (an empty folder) and
-    #: ``{fresh}`` (a path that does not exist yet) are filled in. Unless given, ``output-dir='{fresh}'`` and
+    #: ``--run-config``; ``{existing}`` (a folder with earlier results), ``{empty}`` (an empty folder),
+    #: ``{interrupted}`` (an unfinished run with a checkpoint), ``{file}`` (a file) and ``{fresh}`` (a path that
+    #: does not exist yet) are filled in. Unless given, ``output-dir='{fresh}'`` and
     #: ``num-clients`` = the number of supernodes are added.
     run_config: str
     #: Substrings of the one ERROR line (placeholders filled in alike).
@@ -83,7 +84,7 @@ CASES = [
         """method-args='{"temp": 1.0}'""",
         ("method-args=", "'temperature'", "not ['temp']"),
     ),
-    Case("fedrs-alpha-range", "method='fedrs' fedrs.alpha=1.5", ("fedrs.alpha=1.5", "allowed: a number >= 0 and <= 1")),
+    Case("fedrs-alpha-range", "method='fedrs' fedrs.alpha=1.5", ("fedrs.alpha=1.5", "allowed: a number in [0, 1]")),
     Case("fedgela-temperature-zero", "fedgela.temperature=0.0", ("fedgela.temperature=0.0", "allowed: a number > 0")),
     Case("num-clients-float", "num-clients=2.5", ("num-clients=2.5", "allowed: an integer")),
     Case("drop-last-string", "drop-last='yes'", ("drop-last='yes'", "allowed: true or false")),
@@ -141,6 +142,24 @@ CASES = [
     ),
     Case("fault-rate-one", "fault-rate=1.0", ("fault-rate=1.0", "allowed: a number in [0, 1)")),
     Case(
+        "resume-with-changed-config",
+        "resume=true output-dir='{interrupted}' lr=0.5",
+        ("cannot resume {interrupted}: its config differs in lr=0.01 (now 0.5)", "resume with the same config"),
+    ),
+    Case(
+        "output-dir-under-proc",
+        "output-dir='/proc/fedetf-results'",
+        ("output-dir='/proc/fedetf-results' cannot be written", "creating a folder in /proc failed", "allowed:"),
+    ),
+    Case(
+        "output-dir-a-file", "output-dir='{file}'", ("output-dir='{file}' is a file", "allowed: a new or empty folder")
+    ),
+    Case(
+        "server-args-wrong-type",
+        """server='fedadam' server-args='{"eta": "x"}'""",
+        ("""server-args='{"eta": "x"}'""", "FedAdam argument 'eta'='x'", "allowed: a value of type float"),
+    ),
+    Case(
         "pcdd-assignment-unknown",
         "pcdd-assignment='random'",
         ("pcdd-assignment='random'", "allowed: one of 'flwr', 'sequential'"),
@@ -181,6 +200,29 @@ class Setup:
     tmp: Path
     existing: Path
     empty: Path
+    interrupted: Path
+    file: Path
+
+
+#: What every in-process case adds to its run config (see ``test_bad_config_fails_in_one_line``).
+COMMON = f"num-clients={NODES} num-server-rounds=1 local-epochs=1"
+
+
+def _interrupted_run(folder: Path) -> None:
+    """An unfinished run in ``folder`` with a round-1 checkpoint of the config every case has (lr 0.01)."""
+    from flwr.app import ArrayRecord
+    from flwr.common.config import parse_config_args
+    from flwr.serverapp.strategy import FedAvg
+
+    from simulations import checkpoint
+    from simulations.config import parse_run_config
+    from simulations.local import default_run_config
+
+    folder.mkdir()
+    raw = {**default_run_config(), **parse_config_args([f"output-dir='{folder}' {COMMON}"])}
+    config = parse_run_config(raw).to_dict()
+    (folder / "run.json").write_text(json.dumps({"status": "running", "config": config}))
+    checkpoint.save(folder, server_round=1, arrays=ArrayRecord(), strategy=FedAvg(), client_states={}, config=config)
 
 
 @pytest.fixture(scope="module")
@@ -198,9 +240,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     (existing / "run.json").write_text(json.dumps({"status": "running", "config": {}}))
     empty = tmp / "empty"
     empty.mkdir()
+    interrupted = tmp / "interrupted-run"
+    _interrupted_run(interrupted)
+    file = tmp / "a-file"
+    file.write_text("not a folder\n")
     pythonpath = os.pathsep.join(p for p in (str(modules), os.environ.get("PYTHONPATH", "")) if p)
     env = isolated_env(tmp / "flwr-home", PYTHONPATH=pythonpath)
-    yield Setup(env, tmp, existing, empty)
+    yield Setup(env, tmp, existing, empty, interrupted, file)
     stop_local_superlink(env)
 
 
@@ -267,14 +313,20 @@ def test_bad_config_fails_in_one_line(setup: Setup, case: Case, via: str) -> Non
     if case.needs_no_gpu and torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     fresh = setup.tmp / f"fresh-{case.id}-{via}"
-    names = {"existing": str(setup.existing), "empty": str(setup.empty), "fresh": str(fresh)}
+    names = {
+        "existing": str(setup.existing),
+        "empty": str(setup.empty),
+        "interrupted": str(setup.interrupted),
+        "file": str(setup.file),
+        "fresh": str(fresh),
+    }
     run_config = _fill(case.run_config, names)
     if "output-dir=" not in run_config:
         run_config += f" output-dir='{fresh}'"
     if "num-clients=" not in run_config:
         run_config += f" num-clients={NODES}"
     run_config += " num-server-rounds=1 local-epochs=1"  # should a case ever train, it ends soon
-    before = _snapshot(setup.existing)
+    before = {p: _snapshot(p) for p in (setup.existing, setup.interrupted)}
 
     if via == "flwr-run":
         log = flwr_run(setup.env, run_config, supernodes=NODES)
@@ -301,7 +353,8 @@ def test_bad_config_fails_in_one_line(setup: Setup, case: Case, via: str) -> Non
             assert _fill(text, names) in errors[0], errors[0]
     # Nothing trained, nothing written: no results folder announced, earlier results intact, no fresh folder.
     assert "results ->" not in log and "round 1:" not in log, tail
-    assert _snapshot(setup.existing) == before
+    assert {p: _snapshot(p) for p in before} == before
+    assert setup.file.read_text() == "not a folder\n"
     assert not fresh.exists()
     assert not any(setup.empty.iterdir())
     assert not (ROOT / RELATIVE_OUT).exists()

@@ -1,4 +1,8 @@
-"""Runs that survive: checkpoints and bit-identical resume, injected faults, diverging clients."""
+"""Runs that survive: checkpoints and bit-identical resume, injected faults, failures that end in one line.
+
+The Ray tests (``slow``) run the real engine through ``flwr run``; the others run the ServerApp's real entry
+point in this process on in-process nodes (:mod:`tests.inprocess`), in seconds.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from simulations import checkpoint
 from simulations.faults import fails
-from simulations.local import SimulationFailed, run_local
-from simulations.results import run_state
-
-pytestmark = pytest.mark.slow
+from simulations.local import SimulationFailed, default_run_config, run_local
+from simulations.results import RunInfo, run_state
+from tests.inprocess import run_in_process
+from tests.userpkg.hooks import HookLog
 
 BASE = {"num-server-rounds": 4, "local-epochs": 1, "num-clients": 4, "fraction-train": 0.75, "checkpoint-every": 2}
+HOOKS = ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,overrides",
     [
@@ -27,6 +35,12 @@ BASE = {"num-server-rounds": 4, "local-epochs": 1, "num-clients": 4, "fraction-t
         ("fedgela", {"method": "fedgela", "fedgela.nearest-etf": True}),
         # A stateful client method (each client's c_i) with server state (the global c).
         ("scaffold", {"method": "scaffold"}),
+        # Methods whose clients keep models (their whole model; a personal model; BatchNorm layers) or whose
+        # server keeps prototypes.
+        ("local", {"method": "local"}),
+        ("ditto", {"method": "ditto"}),
+        ("fednh", {"method": "fednh"}),
+        ("fedbn", {"method": "fedbn"}),
     ],
 )
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path, name: str, overrides: dict) -> None:
@@ -47,20 +61,133 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path, name
     assert "resume" not in info["config"]
 
 
-def test_resume_is_refused_for_finished_or_changed_runs(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    run_local({**BASE, "num-server-rounds": 1, "output-dir": str(out)})
-    with pytest.raises(SimulationFailed, match="exited with status 2"):
-        run_local({**BASE, "num-server-rounds": 1, "output-dir": str(out), "resume": True})
-    before = (out / "metrics.csv").read_bytes()
-    with pytest.raises(SimulationFailed):
-        run_local({**BASE, "num-server-rounds": 1, "output-dir": str(out), "resume": True, "lr": 0.5})
-    assert (out / "metrics.csv").read_bytes() == before
+#: A stateful client method (each client's c_i) on a user's strategy; 3 of 4 clients per round, so a resumed
+#: client may first be sampled rounds after the resume.
+RESUME = {
+    "method": "scaffold",
+    "server": "tests.userpkg.hooks:HookLog",
+    "num-server-rounds": 3,
+    "local-epochs": 1,
+    "num-clients": 4,
+    "fraction-train": 0.75,
+    "checkpoint-every": 1,
+}
 
 
+def _results(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return pd.read_csv(out / "metrics.csv").drop(columns="round_seconds"), pd.read_csv(out / "clients.csv")
+
+
+def test_a_resumed_run_starts_after_its_checkpoint_and_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_in_process({**RESUME, "output-dir": str(full)}).exit is None
+    assert run_in_process({**RESUME, "output-dir": str(cut)}, kill_after=1).exit == "killed"
+    assert checkpoint.load(cut)["round"] == 1 and RunInfo.load(cut).status == "running"
+    before = (cut / "metrics.csv").read_bytes()
+
+    # A changed config is refused by the config check itself (the run is unfinished, its checkpoint readable).
+    changed = run_in_process({**RESUME, "output-dir": str(cut), "resume": True, "lr": 0.5})
+    assert changed.exit == 2 and len(changed.errors) == 1, changed.lines
+    assert f"cannot resume {cut}: its config differs in lr=0.01 (now 0.5)" in changed.errors[0]
+    assert (cut / "metrics.csv").read_bytes() == before
+
+    HookLog.calls.clear()
+    assert run_in_process({**RESUME, "output-dir": str(cut), "resume": True}).exit is None
+    # Every hook sees the true round numbers, from the round after the checkpoint on: nothing is replayed.
+    assert HookLog.calls == [(hook, r) for r in (2, 3) for hook in HOOKS]
+    (a, a_clients), (b, b_clients) = _results(full), _results(cut)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    pd.testing.assert_frame_equal(a_clients, b_clients, check_exact=True)
+    info = RunInfo.load(cut)
+    assert info.status == "finished" and [r["from_round"] for r in info.resumes] == [1]
+
+    again = run_in_process({**RESUME, "output-dir": str(cut), "resume": True})
+    assert again.exit == 2 and len(again.errors) == 1 and f"the run in {cut} finished" in again.errors[0]
+
+
+def test_no_strategy_hook_is_replaced_at_run_time(tmp_path: Path) -> None:
+    HookLog.instances.clear()
+    HookLog.calls.clear()
+    own = {hook: HookLog.__dict__[hook] for hook in HOOKS}
+    outcome = run_in_process(
+        {
+            "method": "fedavg",
+            "server": "tests.userpkg.hooks:HookLog",
+            "num-server-rounds": 2,
+            "local-epochs": 1,
+            "num-clients": 2,
+            "output-dir": str(tmp_path / "run"),
+        }
+    )
+    assert outcome.exit is None
+    [strategy] = HookLog.instances
+    assert type(strategy) is HookLog
+    for hook in HOOKS + ("summary",):
+        assert hook not in vars(strategy)  # no instance attribute shadows a method
+    for hook, function in own.items():
+        assert HookLog.__dict__[hook] is function and getattr(strategy, hook).__func__ is function
+    assert HookLog.calls == [(hook, r) for r in (1, 2) for hook in HOOKS]
+
+
+def test_every_client_failing_stops_the_run_in_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "allfail"
+    outcome = run_in_process({**BASE, "fraction-train": 1.0, "fault-rate": 0.999, "output-dir": str(out)})
+    assert outcome.exit == 1 and len(outcome.errors) == 1, outcome.lines
+    info = RunInfo.load(out)
+    assert info.status == "failed" and info.error.startswith("all 4 sampled clients failed in round 1; first error:")
+    assert "injected fault" in info.error and info.error in outcome.errors[0]
+    assert len(pd.read_csv(out / "metrics.csv")) == 0
+
+
+def test_a_diverging_client_is_a_failed_client_not_nan_weights(tmp_path: Path) -> None:
+    out = tmp_path / "nan"
+    outcome = run_in_process({**BASE, "num-server-rounds": 1, "lr": 1e6, "output-dir": str(out)})
+    assert outcome.exit == 1 and len(outcome.errors) == 1, outcome.lines
+    assert "non-finite" in outcome.errors[0]
+    info = RunInfo.load(out)
+    assert info.status == "failed" and "non-finite" in info.error and "\n" not in info.error
+
+
+def _train_message(arrays: ArrayRecord) -> Message:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})})
+    return Message(content=content, dst_node_id=7, message_type=MessageType.TRAIN)
+
+
+@pytest.mark.parametrize("case", ["diverges", "no-data"])
+def test_a_client_failure_is_an_error_reply_with_one_line(tmp_path: Path, case: str) -> None:
+    """The ClientApp answers its own failure instead of raising (no traceback per client in the log)."""
+    from flwr.app import Context
+
+    from simulations import client_app
+    from simulations.config import parse_run_config
+    from simulations.task import make_method, model_buffer
+
+    overrides = {"lr": 1e6, "local-epochs": 1, "num-clients": 2}
+    if case == "no-data":
+        overrides |= {"dataset": "cifar10", "data-root": str(tmp_path), "download": False}
+    run_config = {**default_run_config(), **overrides}
+    arrays = ArrayRecord({"w": torch.zeros(1)})
+    if case == "diverges":
+        method = make_method(parse_run_config(run_config))
+        arrays = ArrayRecord(method.shared_state(model_buffer(method)[1]))
+    context = Context(1, 7, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
+    reply = client_app.app(_train_message(arrays), context)
+    assert reply.has_error()
+    reason = reply.error.reason
+    assert "\n" not in reason and "Traceback" not in reason
+    expected = "local training diverged" if case == "diverges" else f"dataset 'cifar10' not found in {tmp_path}"
+    assert expected in reason, reason
+    assert "fedetf.method-state" not in context.state  # a failed round leaves the client's state as it was
+
+
+@pytest.mark.slow
 def test_injected_faults_are_counted_and_skipped(tmp_path: Path) -> None:
     out = tmp_path / "faults"
-    run_local({**BASE, "num-clients": 10, "fraction-train": 1.0, "fault-rate": 0.2, "output-dir": str(out)})
+    log = run_local({**BASE, "num-clients": 10, "fraction-train": 1.0, "fault-rate": 0.2, "output-dir": str(out)})
+    assert "Traceback" not in log  # a failed client replies with its reason; nothing is raised
     metrics = pd.read_csv(out / "metrics.csv")
     expected = [sum(fails(0, r, pid, 0.2) for pid in range(10)) for r in range(1, 5)]
     assert metrics["failed_clients"].tolist() == expected and sum(expected) > 0
@@ -72,17 +199,10 @@ def test_injected_faults_are_counted_and_skipped(tmp_path: Path) -> None:
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_a_round_where_every_client_fails_stops_the_run_with_the_first_error(tmp_path: Path) -> None:
     out = tmp_path / "allfail"
     with pytest.raises(SimulationFailed, match="all 4 sampled clients failed"):
         run_local({**BASE, "fraction-train": 1.0, "fault-rate": 0.999, "output-dir": str(out)})
-    info = json.loads((out / "run.json").read_text())
-    assert info["status"] == "failed" and "injected fault" in info["error"]
-
-
-def test_a_diverging_client_is_a_failed_client_not_nan_weights(tmp_path: Path) -> None:
-    out = tmp_path / "nan"
-    with pytest.raises(SimulationFailed, match="non-finite"):
-        run_local({**BASE, "num-server-rounds": 1, "lr": 1e6, "output-dir": str(out)})
-    info = json.loads((out / "run.json").read_text())
-    assert info["status"] == "failed" and "non-finite" in info["error"]
+    info = RunInfo.load(out)
+    assert info.status == "failed" and "injected fault" in info.error

@@ -1,4 +1,4 @@
-"""End to end: real Flower simulations on the Ray backend (run_simulation)."""
+"""End to end: real Flower simulations on the Ray backend (``slow``), and the ServerApp on in-process nodes."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 
 from simulations.local import run_local
-from simulations.results import CLIENT_COLUMNS, METRIC_COLUMNS
+from simulations.results import CLIENT_COLUMNS, METRIC_COLUMNS, RunInfo
+from strategies.registry import resolve_method
+from tests.inprocess import run_in_process
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow
 
 FAST = {"num-server-rounds": 2, "local-epochs": 2}
 
@@ -35,6 +37,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+@slow
 @pytest.mark.parametrize("name", ["fedgela", "fedavg"])
 def test_results_files(runs: dict[str, Path], name: str) -> None:
     out = runs[name]
@@ -66,6 +69,7 @@ def test_results_files(runs: dict[str, Path], name: str) -> None:
     assert info["personal_view"].startswith("no personal model") == (name == "fedavg")
 
 
+@slow
 def test_fedgela_beats_its_untrained_start_in_the_personal_view(runs: dict[str, Path]) -> None:
     m = pd.read_csv(runs["fedgela"] / "metrics.csv")
     # Round 1's "before" is the initial model plus each client's adaptation; training must improve on it.
@@ -74,12 +78,14 @@ def test_fedgela_beats_its_untrained_start_in_the_personal_view(runs: dict[str, 
     assert m.loc[1, "personal_acc_before"] > 0.5
 
 
+@slow
 def test_same_seed_gives_identical_metrics(runs: dict[str, Path]) -> None:
     a = pd.read_csv(runs["fedgela"] / "metrics.csv").drop(columns="round_seconds")
     b = pd.read_csv(runs["fedgela-again"] / "metrics.csv").drop(columns="round_seconds")
     pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
+@slow
 def test_fedavg_and_fedgela_see_identical_splits(runs: dict[str, Path]) -> None:
     cols = ["round", "partition_id", "train_examples", "test_examples"]
     a = pd.read_csv(runs["fedgela"] / "clients.csv")[cols]
@@ -91,14 +97,31 @@ def test_user_server_strategy_by_import_path(tmp_path: Path) -> None:
     from tests.userpkg.trimmed import TrimmedMean
 
     before = TrimmedMean.calls
-    out = _run(tmp_path, "custom", method="fedgela", server="tests.userpkg.trimmed:TrimmedMean")
-    assert TrimmedMean.calls - before == 2
-    info = json.loads((out / "run.json").read_text())
+    out = tmp_path / "custom"
+    outcome = run_in_process(
+        {**FAST, "num-clients": 4, "server": "tests.userpkg.trimmed:TrimmedMean", "output-dir": str(out)}
+    )
+    assert outcome.exit is None and TrimmedMean.calls - before == 2
+    info = RunInfo.load(out)
     # FedGELA's own server logic (its optional ETF rotation) is rebased on the user's class.
-    assert info["strategy_class"] == "strategies.fedgela:FedGELA+TrimmedMean" and info["method"] == "fedgela"
+    assert info.strategy_class == "strategies.fedgela:FedGELA+TrimmedMean" and info.method == "fedgela"
     assert len(pd.read_csv(out / "metrics.csv")) == 2
 
 
+def test_a_method_without_a_global_model_has_nan_generic_metrics(tmp_path: Path) -> None:
+    out = tmp_path / "noglobal"
+    overrides = {**FAST, "local-epochs": 1, "num-clients": 2, "method": "tests.userpkg.noglobal:NoGlobalModel"}
+    outcome = run_in_process({**overrides, "output-dir": str(out)})
+    assert outcome.exit is None
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics[["generic_acc", "generic_bacc", "generic_loss"]].isna().all().all()
+    assert metrics["personal_acc"].between(0, 1).all()
+    info = RunInfo.load(out)
+    assert info.status == "finished" and any("no global model" in note for note in info.notes)
+    assert info.summary["generic_acc"]["best_round"] is None
+
+
+@slow
 def test_compare_table_csv_and_plot(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from simulations import compare
 
@@ -132,9 +155,14 @@ METHOD_RUNS = {
     "fedgela-softmask-distill-dK": {"fedgela.missing-alpha": 0.5, "fedgela.distill": 0.1, "feature-dim": 10},
     "fedgela-additive": {"fedgela.prior": "additive", "diagnostics": True},
     "scaffold-fedadam": {"server": "fedadam", "server-args": '{"eta": 0.01}'},
+    "local": {},
+    "ditto": {"ditto.lam": 0.5},
+    "fednh": {"fednh.rho": 0.8},
+    "fedbn": {},
 }
 
 
+@slow
 @pytest.mark.parametrize("name", list(METHOD_RUNS))
 def test_every_method_runs_end_to_end(tmp_path: Path, name: str) -> None:
     method = name.split("-")[0]
@@ -147,7 +175,11 @@ def test_every_method_runs_end_to_end(tmp_path: Path, name: str) -> None:
         )
     metrics = pd.read_csv(out / "metrics.csv")
     assert metrics["round"].tolist() == [1, 2] and (metrics["failed_clients"] == 0).all()
-    assert metrics[["generic_acc", "personal_acc", "personal_acc_before"]].stack().between(0, 1).all()
+    assert metrics[["personal_acc", "personal_acc_before"]].stack().between(0, 1).all()
+    if resolve_method(method).generic_model:
+        assert metrics["generic_acc"].between(0, 1).all()
+    else:  # local-only training: no global model to evaluate
+        assert metrics["generic_acc"].isna().all()
     assert np.isfinite(metrics["train_loss"]).all() and (metrics["train_loss"] > 0).all()
     if name == "scaffold-fedadam":
         assert info["strategy_class"].endswith("Scaffold+FedAdam")
@@ -155,6 +187,7 @@ def test_every_method_runs_end_to_end(tmp_path: Path, name: str) -> None:
         _check_diagnostics(out)
 
 
+@slow
 def test_per_client_state_is_isolated_and_persists(tmp_path: Path) -> None:
     """6 clients on 2 Ray workers, half sampled per round, 4 rounds: a client sampled again sees exactly
     the state it wrote in its own last round, and never another client's."""
@@ -192,6 +225,7 @@ def test_per_client_state_is_isolated_and_persists(tmp_path: Path) -> None:
             previous = x["round"]
 
 
+@slow
 def test_readme_method_example_runs_by_import_path(tmp_path: Path) -> None:
     from tests.userpkg import feddecorr
 

@@ -1,0 +1,197 @@
+"""The round loop: Flower's ``Strategy.start``, step by step, plus what fedetf records and checkpoints.
+
+Per round: seed the client sampling, let the strategy configure training, add a
+resumed client's checkpointed state to its own message, send, take the clients'
+states and metrics out of the replies, let the strategy aggregate, run the
+strategy's client-side evaluation, evaluate the global model, record,
+checkpoint, log. The strategy is called only through its public hooks
+(``configure_train``, ``aggregate_train``, ``configure_evaluate``,
+``aggregate_evaluate``) and never altered; a resumed run starts at the
+checkpoint's next round, so every hook sees the true round number.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common import log
+from flwr.serverapp.strategy import Strategy
+
+from fedetf.methods import LocalMethod
+from fedetf.methods.base import Tensors
+from fedetf.train import evaluate, generic_diagnostics
+from simulations import checkpoint
+from simulations.config import RunConfig
+from simulations.contracts import CLIENT_STATE, METRICS, RESTORE_STATE, SEND_STATE, ClientMetrics, error_reason
+from simulations.grid import PartitionOrderedGrid
+from simulations.results import RunRecorder
+from simulations.task import device, federation, model_buffer, round_seed
+
+#: Seconds to wait for a round's replies (``Strategy.start``'s default).
+TIMEOUT = 3600.0
+
+
+class RoundFailed(RuntimeError):
+    """A round cannot go on (no sampled client succeeded, or the global model diverged); the message is one line."""
+
+
+@dataclass
+class Start:
+    """Where the loop starts: after round ``done`` (0: the initial model), with the clients' checkpointed states."""
+
+    done: int
+    arrays: ArrayRecord
+    client_states: dict[int, Tensors] = field(default_factory=dict)
+
+
+def run_rounds(
+    grid: PartitionOrderedGrid,
+    cfg: RunConfig,
+    strategy: Strategy,
+    method: LocalMethod,
+    recorder: RunRecorder,
+    start: Start,
+) -> ArrayRecord:
+    """Run rounds ``start.done + 1 .. cfg.num_server_rounds``; return the final global arrays."""
+    global_model = GlobalModel(cfg, method, strategy)
+    arrays, states = start.arrays, dict(start.client_states)
+    restore = dict(start.client_states)  # a resumed partition's state goes with its messages until it replies
+    train_config = ConfigRecord({"method": method.name, "local-epochs": cfg.local_epochs})
+    if cfg.checkpoint_every:
+        train_config[SEND_STATE] = True
+    evaluate_config = ConfigRecord({"method": method.name})
+    log_start(start.done, global_model.evaluate(arrays, start.done))
+    for rnd in range(start.done + 1, cfg.num_server_rounds + 1):
+        began = time.time()
+        random.seed(round_seed(cfg.seed, rnd, -1))  # Flower samples nodes with the global `random`
+        messages = strategy.configure_train(rnd, arrays, train_config, grid)
+        replies = exchange(grid, with_restore(messages, grid.partition_of, restore))
+        clients, new_states, errors = take_client_results(replies, grid.partition_of)
+        if not clients:
+            raise RoundFailed(all_failed(rnd, len(replies), errors))
+        states.update(new_states)
+        restore = {p: s for p, s in restore.items() if p not in {c.partition_id for c in clients}}
+        aggregated, _ = strategy.aggregate_train(rnd, replies)
+        arrays = arrays if aggregated is None else aggregated  # as Strategy.start: keep the model if none came
+        evaluate_replies = exchange(grid, strategy.configure_evaluate(rnd, arrays, evaluate_config, grid))
+        strategy.aggregate_evaluate(rnd, evaluate_replies)
+        generic = global_model.evaluate(arrays, rnd)
+        row = recorder.add_round(rnd, generic, clients, len(errors), time.time() - began)
+        if cfg.checkpoint_every and (rnd % cfg.checkpoint_every == 0 or rnd == cfg.num_server_rounds):
+            checkpoint.save(
+                recorder.out_dir,
+                server_round=rnd,
+                arrays=arrays,
+                strategy=strategy,
+                client_states=states,
+                config=recorder.config,
+            )
+        log_round(row)
+    return arrays
+
+
+def exchange(grid: PartitionOrderedGrid, messages: Iterable[Message]) -> list[Message]:
+    """Send ``messages`` and wait for their replies (none to send: none to wait for)."""
+    messages = list(messages)
+    return list(grid.send_and_receive(messages, timeout=TIMEOUT)) if messages else []
+
+
+def with_restore(
+    messages: Iterable[Message], partition_of: dict[int, int], restore: dict[int, Tensors]
+) -> list[Message]:
+    """``messages``, where each one to a partition in ``restore`` gets a content of its own with that state added
+    (a strategy's messages share one content)."""
+    out = []
+    for msg in messages:
+        state = restore.get(partition_of.get(msg.metadata.dst_node_id, -1))
+        if state is not None:
+            msg = Message(
+                content=RecordDict({**dict(msg.content.items()), RESTORE_STATE: ArrayRecord(state)}),
+                dst_node_id=msg.metadata.dst_node_id,
+                message_type=msg.metadata.message_type,
+            )
+        out.append(msg)
+    return out
+
+
+def take_client_results(
+    replies: list[Message], partition_of: dict[int, int]
+) -> tuple[list[ClientMetrics], dict[int, Tensors], list[str]]:
+    """The successful replies' metrics and client states (each state is removed from its reply: strategies get
+    what Flower's expect), and the failed replies' one-line reasons."""
+    clients: list[ClientMetrics] = []
+    states: dict[int, Tensors] = {}
+    errors: list[str] = []
+    for reply in replies:
+        if reply.has_error():
+            errors.append(f"partition {partition_of.get(reply.metadata.src_node_id, '?')}: {error_reason(reply)}")
+            continue
+        metrics = ClientMetrics.from_record(reply.content[METRICS])
+        clients.append(metrics)
+        if CLIENT_STATE in reply.content:
+            states[metrics.partition_id] = dict(reply.content[CLIENT_STATE].to_torch_state_dict())
+            del reply.content[CLIENT_STATE]
+    return clients, states, errors
+
+
+def all_failed(rnd: int, sampled: int, errors: list[str]) -> str:
+    if not errors:
+        return f"no sampled client replied in round {rnd}"
+    return f"all {sampled} sampled clients failed in round {rnd}; first error: {errors[0]}"
+
+
+class GlobalModel:
+    """The global model as the server sees it: the arrays (and the strategy's broadcast records, e.g. a rotated
+    ETF) loaded into the method's model, evaluated on the global test set."""
+
+    def __init__(self, cfg: RunConfig, method: LocalMethod, strategy: Strategy) -> None:
+        self.cfg, self.method, self.strategy = cfg, method, strategy
+        #: False for methods without a global model (local-only training): generic metrics are NaN.
+        self.exists = bool(getattr(method, "generic_model", True))
+        self.fed = federation(cfg)
+        self.dev = device(cfg)
+        self.model, self.initial = model_buffer(method)
+        self.test_loader = self.fed.global_test_loader(cfg.num_workers) if self.exists else None
+
+    def evaluate(self, arrays: ArrayRecord, after_round: int) -> dict[str, float]:
+        """``generic_acc``, ``generic_bacc``, ``generic_loss`` (and the diagnostics); raise :class:`RoundFailed`
+        if the model is no longer finite."""
+        if not self.exists:
+            return {"generic_acc": math.nan, "generic_bacc": math.nan, "generic_loss": math.nan}
+        received = {k: r.to_torch_state_dict() for k, r in getattr(self.strategy, "broadcast", {}).items()}
+        self.method.load(self.model, arrays.to_torch_state_dict(), self.initial, {}, received)
+        res = evaluate(self.model, self.test_loader, personal=False, device=self.dev)
+        if not np.isfinite(res.loss) and res.num_examples:
+            raise RoundFailed(
+                f"the global model became non-finite after round {after_round}; lower lr (now {self.cfg.lr}) "
+                "or, for ETF methods, raise the temperature"
+            )
+        out = {"generic_acc": res.acc, "generic_bacc": res.bacc, "generic_loss": res.loss}
+        if self.cfg.diagnostics:
+            out |= generic_diagnostics(self.model, self.test_loader, self.fed.info.num_classes, self.dev)
+        return out
+
+
+def log_start(done: int, generic: dict[str, float]) -> None:
+    log(INFO, "round %d (%s model): generic acc %.4f", done, "resumed" if done else "initial", generic["generic_acc"])
+
+
+def log_round(row: dict[str, Any]) -> None:
+    log(
+        INFO,
+        "round %d: personal acc %.4f (before training %.4f) | generic acc %.4f bacc %.4f | train loss %.4f",
+        row["round"],
+        row["personal_acc"],
+        row["personal_acc_before"],
+        row["generic_acc"],
+        row["generic_bacc"],
+        row["train_loss"],
+    )
