@@ -234,7 +234,7 @@ def partition_indices(
     y_test: np.ndarray,
     num_clients: int,
     seed: int,
-    classes_per_client: int = 2,
+    classes_per_client: int = 3,
     beta: float = 0.5,
     assignment: str = "flwr",
 ) -> Parts:

@@ -33,10 +33,14 @@ def inverse_frequency_weights(counts: torch.Tensor) -> torch.Tensor:
     return torch.where(counts > 0, counts.sum() / counts.clamp(min=1), torch.zeros_like(counts)).float()
 
 
+#: The local losses a run can choose.
+LOSSES = ("ce", "focal")
+
+
 def build_criterion(name: str, class_weights: tuple[float, ...] = ()) -> nn.Module:
     """``ce`` (cross-entropy) or ``focal`` (weighted by ``class_weights`` when given)."""
     if name == "ce":
         return nn.CrossEntropyLoss()
     if name == "focal":
         return FocalLoss(torch.tensor(class_weights) if class_weights else None, gamma=2.0)
-    raise ValueError(f"loss={name!r} is unknown; allowed: ['ce', 'focal']")
+    raise ValueError(f"loss={name!r} is unknown; allowed: {list(LOSSES)}")

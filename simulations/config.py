@@ -23,14 +23,12 @@ from typing import Any
 from data_prep.datasets import DATASETS
 from data_prep.federated import GENERIC_TESTS
 from data_prep.partition import PARTITIONS, PCDD_ASSIGNMENTS
+from fedetf.losses import LOSSES
 from fedetf.methods import LocalMethod, make_settings, setting_key, settings_fields
 from fedetf.models import BACKBONES
 from fedetf.settings import Rule, check_setting, setting
 from simulations.placement import DEVICE_SETTINGS
 from strategies.registry import FLOWER_STRATEGIES, METHODS, StrategyError, resolve_method
-
-#: Local losses besides 'auto' (the names fedetf.losses.build_criterion takes).
-LOSSES = ("ce", "focal")
 
 
 class ConfigError(ValueError):

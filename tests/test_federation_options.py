@@ -47,7 +47,7 @@ def test_generic_test_full_and_balanced() -> None:
     full = load_federation("digits", "iid", 5, 0, generic_test="full")
     assert np.array_equal(full.global_test, np.arange(450))
     assert len(full.global_test_loader().dataset) == 450
-    balanced = load_federation("digits", "iid", 5, 0)
+    balanced = load_federation("digits", "iid", 5, 0, generic_test="balanced")
     counts = np.bincount(balanced.data.y_test[balanced.global_test], minlength=10)
     assert (counts == counts[0]).all() and counts[0] > 0
     assert len(np.unique(balanced.global_test)) == len(balanced.global_test) < 450

@@ -81,7 +81,7 @@ def test_iid_is_balanced() -> None:
 
 
 def test_digits_federation_and_balanced_global_test() -> None:
-    fed = load_federation("digits", "pcdd", 10, 0, 3, 0.5)
+    fed = load_federation("digits", "pcdd", 10, 0, 3, 0.5, generic_test="balanced")
     assert fed.data.x_train.shape[1:] == (1, 8, 8) and fed.data.x_train.dtype == np.uint8
     assert len(fed.data.y_train) + len(fed.data.y_test) == 1797
     counts = np.bincount(fed.data.y_test[fed.global_test], minlength=10)
@@ -90,7 +90,7 @@ def test_digits_federation_and_balanced_global_test() -> None:
     train, test = fed.client_loaders(0, batch_size=64, seed=0)
     assert len(train.dataset) == fed.label_counts(0).sum()
     assert set(test.dataset.tensors[1].tolist()) == set(np.flatnonzero(fed.label_counts(0)))
-    assert load_federation("digits", "pcdd", 10, 0, 3, 0.5) is fed  # decoded once per process
+    assert load_federation("digits", "pcdd", 10, 0, 3, 0.5, generic_test="balanced") is fed  # decoded once per process
 
 
 def test_balanced_subset() -> None:

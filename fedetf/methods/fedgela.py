@@ -1,8 +1,7 @@
 """FedGELA (Fan et al., NeurIPS 2023): a fixed global simplex ETF, locally adapted by class proportions.
 
-Defaults are the authors' released code. The variants of
-``shared/spec/etf-variants.md`` are settings of this one method, each defaulting
-to the authors' behaviour: normalised features with a learned scale
+Defaults are the authors' released code. Principled variants (docs/methods.md) are
+settings of this one method, each defaulting to the authors' behaviour: normalised features with a learned scale
 (``features``), an additive log-prior (``prior``), a soft mask for missing
 classes (``missing_alpha``), vacant-class distillation (``distill``), and the
 nearest-ETF rotation on the server (``nearest_etf``; clients then send class
