@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from simulations.compare import load_runs, paired_differences, summary_table
+from simulations.experiments.stats import load_runs, paired_differences, summary_table
 from simulations.local import run_local
 
 METHODS: dict[str, dict[str, object]] = {

@@ -5,7 +5,7 @@ CIFAR-10 if its cache is under the data root (``$FEDETF_DATA_ROOT`` or
 ``~/.cache/fedetf/data``; see ``python -m data_prep.vision``), else synthetic
 CIFAR-shaped images written as a memory-mapped ``cifar10`` cache in a temporary
 data root. The method is FedAvg with the placement probe
-(``tests/userpkg/placement_probe.py``), which logs every client round's process,
+(``benchmarks/placement_probe.py``), which logs every client round's process,
 the GPU ids Ray assigned, the device the client picked and its time interval.
 
 Prints: seconds per round (median after the first), clients per second and
@@ -44,7 +44,7 @@ except ImportError:  # the project root is not on sys.path (no editable install)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.round_cost import launch, run_config_string
 
-PROBE = "tests.userpkg.placement_probe:PlacementProbe"
+PROBE = "benchmarks.placement_probe:PlacementProbe"
 
 
 def _cifar_root() -> Path | None:
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if gpu:
             gpu.stop()
-    from tests.userpkg.placement_probe import read_log
+    from benchmarks.placement_probe import read_log
 
     lines = read_log(logs)
     steady = res.steady

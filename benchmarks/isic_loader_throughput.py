@@ -26,10 +26,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
+from benchmarks.isic_fakes import make_fake_isic
 from data_prep.isic2019 import prepare
 from data_prep.isic_data import IsicImages
 from data_prep.isic_transforms import isic_test_transform, isic_train_transform
-from tests.isic_fakes import make_fake_isic
 
 
 def to_tensor(out: dict[str, np.ndarray]) -> torch.Tensor:

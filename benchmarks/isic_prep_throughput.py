@@ -1,6 +1,6 @@
 """Fed-ISIC2019 prep throughput (images/s) on full-size fake JPEGs, with 1 and with 2 worker processes.
 
-Generates N fake 1024x1024 ISIC JPEGs (tests/isic_fakes.py), then times ``data_prep.isic2019.prepare``
+Generates N fake 1024x1024 ISIC JPEGs (benchmarks/isic_fakes.py), then times ``data_prep.isic2019.prepare``
 (decode, resize to shorter edge 224, Shades-of-Gray, atomic .npy write) into a fresh cache per worker
 count. ``workers=1`` runs in-process; more workers use a process pool.
 
@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+if str(ROOT) not in sys.path:  # run as a script without an editable install
+    sys.path.insert(0, str(ROOT))
 
-from isic_fakes import make_fake_isic  # noqa: E402
-
+from benchmarks.isic_fakes import make_fake_isic  # noqa: E402
 from data_prep.isic2019 import prepare  # noqa: E402
 
 

@@ -1,6 +1,6 @@
-"""A test method that logs where and when each client round ran: FedAvg plus one JSON line per round.
+"""A probe method that logs where and when each client round ran: FedAvg plus one JSON line per round.
 
-Run with ``method='tests.userpkg.placement_probe:PlacementProbe'`` and
+For the GPU benchmark and the scale tests. Run with ``method='benchmarks.placement_probe:PlacementProbe'`` and
 ``method-args='{"log-dir": "/abs/folder"}'``; each worker process appends to
 ``<log-dir>/<pid>.jsonl`` lines with the round, the partition's label counts,
 the wall-clock start (:meth:`begin`) and end (:meth:`end`) of local training,

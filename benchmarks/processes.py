@@ -1,7 +1,7 @@
 """Processes of a local Flower/Ray deployment, read from /proc: find, measure and stop only our own.
 
-Used by the tests and benchmarks that start SuperLinks, SuperNodes and Ray
-nodes: they stop exactly the process trees they started, never by name.
+For the benchmarks and tests that start SuperLinks, SuperNodes and Ray nodes (not part of the
+installed package): they stop exactly the process trees they started, never by name.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ from typing import Any
 
 import pandas as pd
 
-from simulations.processes import free_port, process_tree, stop_tree, superlink_pids
+from benchmarks.processes import free_port, process_tree, stop_tree, superlink_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

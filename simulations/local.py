@@ -1,28 +1,45 @@
-"""Run an experiment in-process with Flower's simulation engine (Ray backend).
+"""Run an experiment from Python through ``flwr run``, on a local SuperLink shared by this process.
 
-``flwr run .`` is the user's entry point; this helper runs the same ServerApp
-and ClientApp handlers through ``flwr.simulation.run_simulation`` for tests
-and benchmarks, with run-config overrides applied on top of pyproject.toml's
-``[tool.flwr.app.config]``.
+Flower 1.42 marks its in-process entry point (``flwr.simulation.run_simulation``) deprecated in favour
+of ``flwr run``, and its simulation engine is otherwise reached only through a SuperLink. So tests and
+benchmarks take the users' path: :func:`run_local` runs ``flwr run <project> --stream`` with
+``--run-config`` overrides on top of pyproject.toml's ``[tool.flwr.app.config]``, against one local
+SuperLink per Python process (started on first use on free ports, stopped when the process exits).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import atexit
+import contextlib
+import ctypes
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 import tomllib
-from collections.abc import Callable
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
 from flwr.common.config import flatten_dict
-from flwr.serverapp import Grid, ServerApp
 
-from simulations import client_app, server_app
-from simulations.faults import fault_injection_mod
+from simulations.experiments import runs
+from simulations.experiments.plan import run_config_string
+from simulations.experiments.runner import (
+    ANSI,
+    RUN_ID_LINE,
+    environment,
+    fallback_error,
+    first_error,
+    flwr_executable,
+)
 
-PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+PROJECT = Path(__file__).resolve().parent.parent
+PYPROJECT = PROJECT / "pyproject.toml"
 
 
 def default_run_config() -> dict[str, Any]:
@@ -32,60 +49,121 @@ def default_run_config() -> dict[str, Any]:
 
 
 class SimulationFailed(RuntimeError):
-    """The ServerApp of a :func:`run_local` run did not finish."""
+    """A :func:`run_local` run did not finish; ``log`` is its ``flwr run`` output."""
+
+    def __init__(self, message: str, log: str = "") -> None:
+        super().__init__(message)
+        self.log = log
 
 
-class Killed(SystemExit):
-    """Raised inside the ServerApp by ``stop_after_round``: like a kill, it leaves the run's files as they are."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def make_apps(
-    overrides: dict[str, Any], stop_after_round: int | None = None
-) -> tuple[ServerApp, ClientApp, dict[str, Any]]:
-    """ServerApp and ClientApp that see the defaults plus ``overrides`` as run config.
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when this process dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
-    The third item records the ServerApp's outcome (``finished``, ``error``),
-    since Flower's simulation engine logs a failed ServerApp instead of raising.
-    ``stop_after_round`` stops the ServerApp abruptly after that round's results
-    (for tests of resume).
-    """
-    run_config = {**default_run_config(), **overrides}
-    outcome: dict[str, Any] = {"finished": False, "error": None}
 
-    def inject(fn: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
-        def handler(msg: Message, context: Context) -> Message:
-            # The node's Context may not be modified; hand the handler a view
-            # that shares its state but carries the overridden run config.
-            return fn(msg, dataclasses.replace(context, run_config=dict(run_config)))
-
-        return handler
-
-    def faults(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-        return fault_injection_mod(msg, dataclasses.replace(context, run_config=dict(run_config)), call_next)
-
-    client = ClientApp(mods=[faults])
-    client.train()(inject(client_app.train))
-    client.evaluate()(inject(client_app.evaluate_local))
-    client.query()(inject(client_app.query))
-
-    server = ServerApp()
-
-    @server.main()
-    def _main(grid: Grid, context: Context) -> None:
-        context.run_config = dict(run_config)
-
-        def on_round(r: int) -> None:
-            if stop_after_round is not None and r >= stop_after_round:
-                raise Killed(f"stopped after round {r}")
-
+def _ancestors(pid: int) -> list[int]:
+    """``pid``'s parent, its parent, ... (from /proc)."""
+    out = []
+    while pid > 1:
         try:
-            server_app.main(grid, context, on_round)
-        except BaseException as e:
-            outcome["error"] = e
-            raise
-        outcome["finished"] = True
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        out.append(pid)
+    return out
 
-    return server, client, outcome
+
+class LocalSuperLink:
+    """A SuperLink in simulation mode on 127.0.0.1, started as ``flwr run`` starts its local one, on free ports.
+
+    ``env`` points ``flwr`` at it (``FLWR_LOCAL_*_PORT``) and runs the app in this environment. Its
+    SuperExec and simulation processes end with it.
+    """
+
+    def __init__(self, startup_timeout: float = 120.0) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="fedetf-superlink-"))
+        http, control = _free_port(), _free_port()
+        self.env = {
+            **environment(),
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(control),
+        }
+        self.health = f"http://127.0.0.1:{http}/health"
+        log = self.folder / "superlink.log"
+        command = ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess"]
+        command += ["--control-api-address", f"127.0.0.1:{control}", "--host", "127.0.0.1", "--port", str(http)]
+        command += ["--log-file", str(log)]
+        self.proc = subprocess.Popen(
+            command,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        deadline = time.monotonic() + startup_timeout
+        while not self.ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = log.read_text()[-2000:] if log.exists() else "(no log)"
+                raise SimulationFailed(f"the local SuperLink did not start: {tail}")
+            time.sleep(0.2)
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.health, timeout=1) as r:
+                return 200 <= r.status < 300
+        except OSError:
+            return False
+
+    def owns(self, pid: int) -> bool:
+        """Whether ``pid`` descends from this SuperLink (its SuperExec's simulation process, say)."""
+        return self.proc.pid in _ancestors(pid)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Terminate the SuperLink (its SuperExec and simulation processes follow it)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+_LINK: LocalSuperLink | None = None
+
+
+def local_superlink() -> LocalSuperLink:
+    """This process's local SuperLink, started on first use and stopped at exit."""
+    global _LINK
+    if _LINK is None or _LINK.proc.poll() is not None:
+        _LINK = LocalSuperLink()
+        atexit.register(_LINK.stop)
+    return _LINK
+
+
+def _kill_after_round(link: LocalSuperLink, out: Path, rnd: int, flwr: subprocess.Popen[str]) -> bool:
+    """Once ``metrics.csv`` holds round ``rnd``, SIGKILL the ServerApp's process (as a kill would); True if done."""
+    while flwr.poll() is None:
+        if runs.rounds_done(out) >= rnd:
+            pid = runs.writer_pid(out)
+            if pid is not None and link.owns(pid):
+                os.kill(pid, signal.SIGKILL)
+                while runs.pid_alive(pid):
+                    time.sleep(0.05)
+                return True
+        time.sleep(0.02)
+    return False
 
 
 def run_local(
@@ -94,30 +172,67 @@ def run_local(
     num_cpus: float = 1,
     num_gpus: float = 0.0,
     stop_after_round: int | None = None,
-) -> None:
-    """Run one experiment on the Ray backend; ``num_supernodes`` defaults to ``num-clients``.
+    timeout: float = 1800.0,
+) -> str:
+    """Run one experiment with ``flwr run`` on the Ray backend; return its log (colour codes removed).
 
-    Raises :class:`SimulationFailed` (chained to the ServerApp's exception, if
-    any) when the run does not finish, unless it was stopped on purpose by
-    ``stop_after_round``.
+    Parameters
+    ----------
+    overrides
+        Run-config overrides; ``output-dir`` is required (made absolute: Flower runs the app elsewhere).
+    num_supernodes
+        Simulated nodes; default ``num-clients``.
+    num_cpus, num_gpus
+        ``client-resources-num-cpus`` (an integer for Flower) and ``client-resources-num-gpus``.
+    stop_after_round
+        Kill the ServerApp's process once that round is in ``metrics.csv`` (for tests of resume), as a
+        crash would: the run's files stay as they are and no error is raised.
+    timeout
+        Seconds before the run counts as failed.
+
+    Raises
+    ------
+    SimulationFailed
+        The run did not finish (its message carries the app's one-line error), unless stopped on purpose.
     """
-    from flwr.simulation import run_simulation
-
-    server, client, outcome = make_apps(overrides, stop_after_round)
+    if not overrides.get("output-dir"):
+        raise ValueError("run_local needs an output-dir in overrides (where it reads the run's results)")
+    overrides = {**overrides, "output-dir": str(Path(str(overrides["output-dir"])).resolve())}
+    out = Path(overrides["output-dir"])
     nodes = num_supernodes or int({**default_run_config(), **overrides}["num-clients"])
-    try:
-        run_simulation(
-            server_app=server,
-            client_app=client,
-            num_supernodes=nodes,
-            backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus}},
-        )
-    except Exception as exc:  # the engine re-raises some ServerApp errors itself
-        outcome["error"] = outcome["error"] or exc
-    if not outcome["finished"] and not isinstance(outcome["error"], Killed):
-        error = outcome["error"]
-        if isinstance(error, SystemExit):
-            reason = f"the ServerApp exited with status {error.code} (its error is in the log above)"
-        else:
-            reason = f"{type(error).__name__}: {error}" if error else "the ServerApp never ran to completion"
-        raise SimulationFailed(f"simulation with run config {overrides} failed: {reason}") from error
+    federation = f"num-supernodes={nodes} client-resources-num-cpus={max(int(num_cpus), 1)}"
+    federation += f" client-resources-num-gpus={num_gpus}" if num_gpus else ""
+    link = local_superlink()
+    cmd = [flwr_executable(), "run", str(PROJECT), "--stream", "--federation-config", federation]
+    cmd += ["--run-config", run_config_string(overrides)]
+    with tempfile.TemporaryFile("w+") as log:
+        flwr = subprocess.Popen(cmd, cwd=PROJECT, env=link.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        killed = timed_out = False
+        try:
+            if stop_after_round is not None:
+                killed = _kill_after_round(link, out, stop_after_round, flwr)
+            if killed:  # `flwr run --stream` would wait for the SuperLink to notice; the run is over
+                flwr.terminate()
+            flwr.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            if flwr.poll() is None:
+                flwr.kill()
+                flwr.wait()
+        log.seek(0)
+        text = ANSI.sub("", log.read())
+    if (killed or timed_out) and (m := RUN_ID_LINE.search(text)):  # free the SuperLink for the next run
+        subprocess.run([flwr_executable(), "stop", m.group(1)], env=link.env, capture_output=True, timeout=120)
+    if killed or runs.finished(out):
+        return text
+    lines = text.splitlines()
+    reason = (
+        f"timed out after {timeout:g} s"
+        if timed_out
+        else runs.recorded_error(out) or first_error(lines) or fallback_error(lines, flwr.returncode)
+    )
+    raised = [line.strip() for line in lines if re.match(r"^\s*[\w.]+(Error|Exception): ", line)]
+    if raised and raised[-1] not in reason:  # Flower's "... raised an exception" names no cause
+        reason += f" ({raised[-1]})"
+    raise SimulationFailed(f"run with run config {overrides} failed: {reason}", text)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from simulations.processes import free_port
+from benchmarks.processes import free_port, stop_tree, superlink_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 FLWR = shutil.which("flwr", path=str(Path(sys.executable).parent)) or shutil.which("flwr")
@@ -32,13 +30,9 @@ def isolated_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def stop_local_superlink(env: dict[str, str]) -> None:
-    """`flwr run` leaves its local SuperLink running: stop the one started with this env (by its control port)."""
-    out = subprocess.run(
-        ["pgrep", "-f", f"flower-superlink.*{env['FLWR_LOCAL_CONTROL_API_PORT']}"], capture_output=True, text=True
-    )
-    for pid in out.stdout.split():
-        os.kill(int(pid), signal.SIGTERM)
-    time.sleep(1)
+    """`flwr run` leaves its local SuperLink running: stop the one started with this env (by its port) and its
+    children."""
+    stop_tree(superlink_pids(env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]))
 
 
 def flwr_run(env: dict[str, str], run_config: str, supernodes: int, timeout: float = 300) -> str:

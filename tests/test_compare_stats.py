@@ -1,4 +1,4 @@
-"""fedetf-compare statistics on synthetic run folders with hand-computed numbers."""
+"""fedetf-report's statistics and comparison table on synthetic run folders, with hand-computed numbers."""
 
 import json
 from pathlib import Path
@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulations import compare
+from simulations.experiments import figures, report, tables
+from simulations.experiments import stats as compare
 
 ROUNDS = np.arange(1, 9)  # 8 rounds; the last 5 are rounds 4..8, whose mean round is 6
 SEEDS = (0, 1, 2)
@@ -112,7 +113,9 @@ def test_paired_differences_against_fedavg(run_dirs: list[Path]) -> None:
     table = compare.summary_table(runs, ["method"], ["generic_acc"], baseline="fedavg")
     assert table.loc["fedgela", "generic_acc_diff"] == pytest.approx(np.mean(hand), abs=1e-12)
     assert np.isnan(table.loc["fedavg", "generic_acc_diff"])
-    assert "1/3" in compare.format_table(table, ["generic_acc"])
+    shown = tables.comparison(table, ["generic_acc"], "fedavg", 5).set_index("method")
+    assert shown.loc["fedgela", "generic_acc: seeds won"] == "1/3"
+    assert shown.loc["fedavg", "generic_acc − fedavg, paired by seed [%]"] == "baseline"
 
 
 def test_pairs_only_matching_seeds_and_other_keys(tmp_path: Path) -> None:
@@ -134,7 +137,7 @@ def test_unused_method_settings_show_a_dash(run_dirs: list[Path]) -> None:
     assert list(table.index) == [("fedavg", "-"), ("fedgela", 0.2)]  # fedavg's default 0.1 is not shown
     # the setting fedavg does not use does not prevent pairing
     assert table.loc[("fedgela", 0.2), "generic_acc_paired"] == 3
-    text = compare.format_table(table, ["generic_acc"])
+    text = tables.markdown(tables.comparison(table, ["generic_acc"], "fedavg", 5))
     assert "| fedavg | - |" in text and "| fedgela | 0.2 |" in text
     assert compare.curve_label(("fedavg", "-"), by) == "fedavg"
     assert compare.curve_label(("fedgela", 0.2), by) == "fedgela fedgela.temperature=0.2"
@@ -168,7 +171,7 @@ def test_unfinished_run_is_rejected(tmp_path: Path) -> None:
 def test_plot_has_integer_round_ticks(run_dirs: list[Path], tmp_path: Path, band: str) -> None:
     runs = compare.load_runs(run_dirs)
     png = tmp_path / "curves.png"
-    fig = compare.plot_curves(runs, ["method"], ["generic_acc", "personal_acc"], png, band=band)
+    fig = figures.plot_curves(runs, ["method"], ["generic_acc", "personal_acc"], png, band=band)
     assert png.stat().st_size > 1000
     for ax, view in zip(fig.axes, ["generic_acc", "personal_acc"], strict=True):
         assert ax.get_xlabel() == "round" and ax.get_title() == view
@@ -181,25 +184,40 @@ def test_plot_has_integer_round_ticks(run_dirs: list[Path], tmp_path: Path, band
     assert mean[-1] == pytest.approx(0.59, abs=1e-12)  # fedavg, round 8, mean over seeds
 
 
-def test_cli_prints_writes_and_plots(run_dirs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    csv, md, png = tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "c.png"
-    compare.main([*map(str, run_dirs), "--csv", str(csv), "--markdown", str(md), "--plot", str(png)])
-    out = capsys.readouterr().out
-    assert "generic_acc (last round) [%]" in out and "(best round) [%]" in out
-    assert "generic_acc (mean of last 5 rounds) [%]" in out
-    assert "generic_acc − fedavg (mean of last 5 rounds, paired by seed) [%]" in out
-    assert "mean ± std over 3 seeds" in out
-    assert "| fedgela | 59.7 ± 1.2 | 69.3 ± 14.6 | 57.7 ± 1.2 | +0.7 ± 1.7 | 1/3 |" in out
-    assert md.read_text().startswith("| method |")
-    table = pd.read_csv(csv, index_col="method")
+def test_report_prints_the_comparison_and_the_best_round_apart(
+    run_dirs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "report"
+    report.main([*map(str, run_dirs), "--out", str(out)])
+    printed = capsys.readouterr().out
+    comparison, best = printed.split("## Best round")
+    head = (
+        "| method | generic_acc, mean of last 5 rounds [%] | generic_acc − fedavg, paired by seed [%] "
+        "| generic_acc: seeds won | personal_acc, mean of last 5 rounds [%] "
+        "| personal_acc − fedavg, paired by seed [%] | personal_acc: seeds won | seeds |"
+    )
+    assert head in comparison and "mean ± std over 3 seeds" in printed
+    # fedgela generic last5 per seed 0.59, 0.56, 0.58 (mean 57.67, std 1.25); differences +0.03, -0.01, 0.00
+    # (mean +0.67, std 1.70); personal: fedavg 0.66, 0.68, 0.70 (68.0 ± 1.6), fedgela +5.0 on every seed
+    assert "| fedavg | 57.0 ± 0.8 | baseline |  | 68.0 ± 1.6 | baseline |  | 3 |" in comparison
+    assert "| fedgela | 57.7 ± 1.2 | +0.7 ± 1.7 | 1/3 | 73.0 ± 1.6 | +5.0 ± 0.0 | 3/3 | 3 |" in comparison
+    assert "best" not in comparison.split("|", 1)[1]  # no best-round number in the comparison
+    # best round, apart: fedgela generic 0.90 (the spike), 0.58, 0.60 -> 69.3 ± 14.6; personal round 8: 75.0 ± 1.6
+    assert "| method | generic_acc, best round [%] | personal_acc, best round [%] | seeds |" in best
+    assert "| fedgela | 69.3 ± 14.6 | 75.0 ± 1.6 | 3 |" in best
+    md = (out / "table.md").read_text()
+    assert md.index("## Comparison: mean of the last 5 rounds") < md.index("## Best round") < md.index("## Other views")
+    table = pd.read_csv(out / "table.csv", index_col="method")
     assert table.loc["fedgela", "generic_acc_wins"] == 1
     assert table.loc["fedavg", "personal_acc_last5"] == pytest.approx(0.68, abs=1e-12)
-    assert png.stat().st_size > 1000
+    page = (out / "index.html").read_text()
+    assert page.count("<table") == 3 and "+0.7 ± 1.7" in page
+    assert (out / "curves_acc.png").stat().st_size > 1000
 
 
-def test_cli_without_baseline_says_so(run_dirs: list[Path], capsys: pytest.CaptureFixture) -> None:
-    compare.main([*map(str, run_dirs[3:]), "--metric", "bacc", "--last-k", "3"])
+def test_report_without_baseline_says_so(run_dirs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    report.main([*map(str, run_dirs[3:]), "--out", str(tmp_path / "r"), "--metric", "bacc", "--last-k", "3"])
     out = capsys.readouterr().out
-    assert "no paired differences: no 'fedavg' baseline run among the runs" in out
-    assert "wins" not in out and "mean of last 3 rounds" in out
-    assert "personal_bacc_before (last round) [%]" in out
+    assert "no paired differences: no 'fedavg' run among the runs" in out
+    assert "seeds won" not in out and "generic_bacc, mean of last 3 rounds [%]" in out
+    assert "| fedgela | " in out

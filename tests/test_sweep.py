@@ -1,5 +1,6 @@
-"""fedetf-sweep and fedetf-report: plan, resume and failure logic (fast, with a fake runner), the report on
-synthetic runs, and one real sweep through `flwr run` on digits (killed once, resumed, with failing runs)."""
+"""fedetf-sweep and fedetf-report: plan, resume and failure logic (fast, with a fake runner), progress read from
+the results files, the report on synthetic runs, and one real sweep through `flwr run` on digits (one run's ServerApp
+killed mid-run and continued from its checkpoint when the sweep is rerun; failing runs recorded)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,9 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from flwr.common.config import parse_config_args
 
-from simulations import report, sweep
+from simulations import checkpoint
+from simulations.experiments import plan as sweep_plan
+from simulations.experiments import report, runner, runs, sweep
+from simulations.experiments.progress import Progress
+from tests.flwr_cli import isolated_env, stop_local_superlink
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +41,7 @@ def _main(module: Any, argv: list[str]) -> int:
 # ----------------------------------------------------------------------------- the plan
 
 
-def _plan(*argv: str) -> list[sweep.PlannedRun]:
+def _plan(*argv: str) -> list[sweep_plan.PlannedRun]:
     args = sweep._parser().parse_args([*argv, "--out", "/tmp/unused"])
     args.argv = list(argv)
     return sweep.prepare(args)[1]
@@ -61,7 +66,7 @@ def test_plan_crosses_methods_grid_and_seeds_and_flower_parses_its_run_config() 
     assert gela.overrides["fedgela.temperature"] == 1e-5 and gela.grid == {"fedgela.temperature": 1e-5}
     assert {r.num_supernodes for r in plan} == {4} and {r.rounds for r in plan} == {20}
     for run in plan:
-        parsed = parse_config_args([sweep.run_config_string(run.overrides)])
+        parsed = parse_config_args([sweep_plan.run_config_string(run.overrides)])
         assert parsed == run.overrides and all(type(parsed[k]) is type(v) for k, v in run.overrides.items())
     assert gela.overrides["dataset"] == "digits" and gela.overrides["method-args"] == '{"a": 1}'
 
@@ -88,40 +93,60 @@ def test_bad_arguments_fail_with_one_line(argv: list[str], message: str, capsys:
 # ----------------------------------------------------------------------------- resume and failures (fake runner)
 
 
-def _write_finished(run_dir: Path, run: sweep.PlannedRun, status: str = "finished") -> None:
-    defaults = sweep.app_defaults(ROOT)
-    info = {"status": status, "config": {**defaults, **run.overrides}, "seed": run.seed, "method": run.method}
+def test_seeds_take_ranges() -> None:
+    assert sweep.parse_seeds(["0-4"]) == [0, 1, 2, 3, 4] and sweep.parse_seeds(["3", "0-1"]) == [3, 0, 1]
+    assert [r.seed for r in _plan("--methods", "fedavg", "--seeds", "0-2")] == [0, 1, 2]
+    with pytest.raises(sweep_plan.SweepError, match="ranges such as 0-4"):
+        sweep.parse_seeds(["4-0"])
+
+
+def _write_results(run_dir: Path, run: sweep_plan.PlannedRun, rounds: int, status: str = "finished") -> None:
+    defaults = sweep_plan.app_defaults(ROOT)
+    config = {**defaults, **run.overrides, "output-dir": str(run_dir)}
+    info = {"status": status, "config": config, "seed": run.seed, "method": run.method, "pid": 1 << 30}
     info["timings"] = {"total_seconds": 0.5}
     (run_dir / "run.json").write_text(json.dumps(info))
-    pd.DataFrame({"round": [1, 2], "personal_acc": [0.5, 0.6], "generic_acc": [0.4, 0.5]}).to_csv(
+    r = np.arange(1, rounds + 1)
+    pd.DataFrame({"round": r, "personal_acc": 0.5 + 0.1 * r, "generic_acc": 0.4 + 0.1 * r}).to_csv(
         run_dir / "metrics.csv", index=False
     )
 
 
+def _write_checkpoint(run_dir: Path, rnd: int) -> None:
+    """A stand-in checkpoint file: only its format tag and round are read before a resume."""
+    torch.save({"format": list(checkpoint.FORMAT), "round": rnd}, run_dir / checkpoint.CHECKPOINT)
+
+
 @pytest.fixture
 def fake_flwr(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Replace `flwr run` by a fake: `-1.0` fails validation, `interrupt` names a run cut by Ctrl-C."""
-    calls: dict[str, Any] = {"executed": [], "stopped": [], "interrupt": None}
+    """Replace `flwr run` by a fake: `-1.0` fails validation, `interrupt` names a run cut by Ctrl-C after round 1,
+    `cut` one whose ServerApp dies after round 1 with a checkpoint."""
+    calls: dict[str, Any] = {"executed": [], "resumed": [], "stopped": [], "interrupt": None, "cut": None}
 
-    def execute(self: sweep.Runner, run: sweep.PlannedRun, run_dir: Path, log_path: Path, progress: Any,
-                timeout: float | None, on_run_id: Any = None) -> sweep.Outcome:  # fmt: skip
-        calls["executed"].append(run.name)
+    def execute(self: runner.Runner, run: sweep_plan.PlannedRun, run_dir: Path, log_path: Path, progress: Progress,
+                timeout: float | None, on_run_id: Any = None, resume: bool = False) -> runner.Outcome:  # fmt: skip
+        calls["resumed" if resume else "executed"].append(run.name)
         log_path.write_text(f"log of {run.name}\n")
         on_run_id("42")
         if "-1.0" in run.name:
-            return sweep.Outcome(False, "invalid run config: lr=-1.0; allowed: a number > 0", 0.1)
-        run_dir.mkdir()
-        progress.on_round(0)
-        if run.name == calls["interrupt"]:
-            _write_finished(run_dir, run, status="running")
+            return runner.Outcome(False, "invalid run config: lr=-1.0; allowed: a number > 0", 0.1)
+        if resume:
+            assert runs.rounds_done(run_dir) == 1, "a resumed run keeps its folder"
+        else:
+            run_dir.mkdir()
+        if run.name in (calls["interrupt"], calls["cut"]):
+            _write_results(run_dir, run, 1, status="running")
+            progress.poll()
+            if run.name == calls["cut"]:
+                _write_checkpoint(run_dir, 1)
+                return runner.Outcome(False, "its ServerApp's process (pid 1) ended after round 1", 0.1)
             raise KeyboardInterrupt
-        progress.on_round(1)
-        progress.on_round(2)
-        _write_finished(run_dir, run)
-        return sweep.Outcome(True, None, 0.1, run_id="42")
+        _write_results(run_dir, run, 2)
+        progress.poll()
+        return runner.Outcome(True, None, 0.1, run_id="42")
 
-    monkeypatch.setattr(sweep.Runner, "execute", execute)
-    monkeypatch.setattr(sweep.Runner, "stop", lambda self, run_id: calls["stopped"].append(run_id))
+    monkeypatch.setattr(runner.Runner, "execute", execute)
+    monkeypatch.setattr(runner.Runner, "stop", lambda self, run_id: calls["stopped"].append(run_id))
     monkeypatch.setattr(sweep, "superlink_running", lambda env: True)
     return calls
 
@@ -144,10 +169,11 @@ def test_interrupted_sweep_resumes_and_failures_are_recorded(fake_flwr: dict[str
     assert _main(sweep, argv) == 1
     assert fake_flwr["stopped"] == ["777"]
     assert fake_flwr["executed"] == ["fedavg_lr=-1.0_seed0", "fedavg_lr=0.01_seed1", "fedavg_lr=-1.0_seed1"]
+    assert fake_flwr["resumed"] == [], "no checkpoint: the run starts afresh"
     assert (out / "runs" / "fedavg_lr=0.01_seed0" / "run.json").stat().st_mtime_ns == first_mtime
     moved = out / "runs" / "fedavg_lr=0.01_seed1.incomplete-1"
-    assert json.loads((moved / "run.json").read_text())["status"] == "running", "the cut run is kept, not deleted"
-    assert sweep.run_finished(out / "runs" / "fedavg_lr=0.01_seed1")
+    assert runs.status(moved) == "running", "the cut run is kept, not deleted"
+    assert runs.finished(out / "runs" / "fedavg_lr=0.01_seed1")
     assert (out / "logs" / "fedavg_lr=0.01_seed1.1.log").exists(), "the cut run's log is kept"
     state = json.loads((out / "sweep.json").read_text())
     assert [r["status"] for r in state["runs"]] == ["finished", "failed", "finished", "failed"]
@@ -158,14 +184,68 @@ def test_interrupted_sweep_resumes_and_failures_are_recorded(fake_flwr: dict[str
     assert _main(sweep, [*argv, "--set", "local-epochs=2"]) == 2
 
 
+def test_a_cut_run_with_a_checkpoint_is_continued_not_redone(
+    fake_flwr: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sweep"
+    argv = ["--methods", "fedavg", "fedgela", "--seeds", "0", "--set", "num-server-rounds=2", "--out", str(out)]
+    argv.append("--no-progress")
+    fake_flwr["cut"] = "fedavg_seed0"
+    assert _main(sweep, argv) == 1
+    assert json.loads((out / "sweep.json").read_text())["runs"][0]["status"] == "failed"
+    fake_flwr["cut"], fake_flwr["executed"] = None, []
+    assert _main(sweep, argv) == 0
+    assert fake_flwr["resumed"] == ["fedavg_seed0"] and fake_flwr["executed"] == []
+    assert "fedavg_seed0: continuing from its checkpoint (rounds 1-1 written)" in capsys.readouterr().out
+    assert not list((out / "runs").glob("*.incomplete-*"))
+    entry = json.loads((out / "sweep.json").read_text())["runs"][0]
+    assert entry["status"] == "finished" and entry["resumed"] is True
+
+    # A cut run whose checkpoint is at its last round cannot be continued: it starts afresh.
+    run_dir = out / "runs" / "fedavg_seed0"
+    (run_dir / "run.json").write_text(json.dumps({**runs.run_info(run_dir), "status": "running"}))
+    _write_checkpoint(run_dir, 2)
+    fake_flwr["resumed"] = []
+    assert _main(sweep, argv) == 0
+    assert fake_flwr["resumed"] == [] and fake_flwr["executed"] == ["fedavg_seed0"]
+    assert (out / "runs" / "fedavg_seed0.incomplete-1").is_dir()
+
+
+def test_the_dry_run_prints_the_resume_free_commands(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert _main(sweep, ["--methods", "fedavg", "--seeds", "0-1", "--out", str(tmp_path), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("flwr run . --stream") == 2 and "resume" not in text and text.endswith("2 runs\n")
+    assert _main(sweep, ["--set", "resume=true", "--out", str(tmp_path), "--dry-run"]) == 2
+
+
+def test_progress_reads_the_rounds_from_metrics_csv(tmp_path: Path) -> None:
+    run = _plan("--methods", "fedavg", "--seeds", "0")[0]
+    run_dir = tmp_path / "run"
+    progress = Progress(total=2, done=0, disable=True)
+    progress.start("fedavg_seed0", run_dir, rounds=3, queued=[3])
+    progress.poll()  # no folder yet
+    assert progress.round == 0 and progress.eta() is None
+    run_dir.mkdir()
+    for rnd in (1, 2):
+        _write_results(run_dir, run, rnd, status="running")
+        progress.poll()
+        assert progress.round == rnd
+    assert progress.eta() is not None, "start-up and one round measured"
+    progress.end()
+    assert progress.name == "" and progress.teardowns == [], "no teardown: the run ended before its last round"
+    resumed = Progress(total=1, done=0, disable=True)
+    resumed.start("fedavg_seed0", run_dir, rounds=3, queued=[])
+    assert resumed.round == 2 and resumed.first_round == 2, "a resumed run starts at its written rounds"
+
+
 def test_error_line_of_a_failed_run(tmp_path: Path) -> None:
     raw = ["\x1b[92mINFO \x1b[0m:      Starting", "\x1b[91mERROR \x1b[0m:     invalid run config: lr=-1.0; allowed: x"]
     raw.append("ERROR : later")
-    assert sweep.first_error([sweep.ANSI.sub("", line) for line in raw]) == "invalid run config: lr=-1.0; allowed: x"
-    assert sweep._recorded_error(tmp_path) is None
+    assert runner.first_error([runner.ANSI.sub("", line) for line in raw]) == "invalid run config: lr=-1.0; allowed: x"
+    assert runs.recorded_error(tmp_path) is None
     (tmp_path / "run.json").write_text(json.dumps({"status": "failed", "error": "all 4 sampled clients failed\nmore"}))
-    assert sweep._recorded_error(tmp_path) == "all 4 sampled clients failed" and not sweep.run_finished(tmp_path)
-    assert "exited with code 0" in sweep._fallback_error(["a", "Error: b"], 0)
+    assert runs.recorded_error(tmp_path) == "all 4 sampled clients failed" and not runs.finished(tmp_path)
+    assert "exited with code 0" in runner.fallback_error(["a", "Error: b"], 0)
 
 
 # ----------------------------------------------------------------------------- the report on synthetic runs
@@ -204,14 +284,14 @@ def _synthetic_run(root: Path, method: str, seed: int, nc: bool, temperature: fl
 
 
 def _synthetic_sweep(root: Path, nc: bool) -> Path:
-    runs = [{"name": _synthetic_run(root, "fedavg", s, nc).name, "status": "finished"} for s in (0, 1)]
-    runs += [{"name": _synthetic_run(root, "fedgela", s, nc, 0.2).name, "status": "finished"} for s in (0, 1)]
-    runs.append({"name": "fedgela_temperature=-1.0_seed0", "status": "failed", "error": "invalid run config: x"})
+    entries = [{"name": _synthetic_run(root, "fedavg", s, nc).name, "status": "finished"} for s in (0, 1)]
+    entries += [{"name": _synthetic_run(root, "fedgela", s, nc, 0.2).name, "status": "finished"} for s in (0, 1)]
+    entries.append({"name": "fedgela_temperature=-1.0_seed0", "status": "failed", "error": "invalid run config: x"})
     state = {
         "command": ["fedetf-sweep", "--methods", "fedavg", "fedgela"],
         "report_by": ["method", "fedgela.temperature"],
     }
-    (root / "sweep.json").write_text(json.dumps({**state, "runs": runs}))
+    (root / "sweep.json").write_text(json.dumps({**state, "runs": entries}))
     return root
 
 
@@ -226,7 +306,11 @@ def test_report_on_a_synthetic_sweep(tmp_path: Path) -> None:
     assert gela["personal_acc_last5"] == pytest.approx(0.705) and gela["personal_acc_diff"] == pytest.approx(0.1)
     assert gela["personal_acc_wins"] == 2 and gela["generic_acc_best"] == pytest.approx(0.705 + 0.1)
     md = (out / "table.md").read_text()
-    assert "### personal_acc_before" in md and "### generic_bacc" in md
+    other = md[md.index("## Other views: mean of the last 5 rounds") :]
+    for view in ("personal_acc_before", "personal_acc_client_mean", "generic_bacc", "personal_bacc"):
+        assert f"| {view}, mean of last 5 rounds [%] |" in other
+    # rounds 2..6 (mean round 4): 0.4 + 0.2 + 0.1 (fedgela) + 0.00 or 0.01 (seed); fedgela - fedavg = 0.1 per seed
+    assert "| fedgela | 0.2 | 70.5 ± 0.5 | +10.0 ± 0.0 | 2/2 |" in md
     assert "failed: fedgela_temperature=-1.0_seed0: invalid run config: x" in md
     heat = pd.read_csv(out / "heatmap.csv", index_col=0)
     assert list(heat.columns) == ["fedavg", "fedgela fedgela.temperature=0.2"], "labels show only used settings"
@@ -236,7 +320,7 @@ def test_report_on_a_synthetic_sweep(tmp_path: Path) -> None:
     assert pngs == ["curves_acc.png", "curves_bacc.png", "heatmap.png", "nc1.png", "nc_angles.png",
                     "nc_equiangularity.png", "nc_self_duality.png", "nc_space_missing_share.png"]  # fmt: skip
     page = (out / "index.html").read_text()
-    assert page.count('src="data:image/png;base64,') == len(pngs) and "<table>" in page
+    assert page.count('src="data:image/png;base64,') == len(pngs) and page.count("<table") == 3
     assert "fedgela_temperature=-1.0_seed0" in page and 'src="http' not in page
 
 
@@ -244,11 +328,11 @@ def test_report_without_nc_columns_notes_it_and_needs_out_for_run_folders(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = _synthetic_sweep(tmp_path / "sweep", nc=False)
-    runs = sorted((root / "runs").glob("*"))
-    assert _main(report, [str(r) for r in runs]) == 2
+    dirs = sorted((root / "runs").glob("*"))
+    assert _main(report, [str(r) for r in dirs]) == 2
     assert "give --out DIR" in capsys.readouterr().err
     out = tmp_path / "rep"
-    assert _main(report, [str(r) for r in runs] + ["--out", str(out)]) == 0
+    assert _main(report, [str(r) for r in dirs] + ["--out", str(out)]) == 0
     assert "neural-collapse figures skipped" in capsys.readouterr().out
     assert not list(out.glob("nc*.png")) and "neural-collapse figures skipped" in (out / "index.html").read_text()
     assert list(pd.read_csv(out / "table.csv").columns[:1]) == ["method"], "no setting differs within a method"
@@ -259,18 +343,12 @@ def test_report_without_nc_columns_notes_it_and_needs_out_for_run_folders(
 
 FLWR = shutil.which("flwr", path=str(Path(sys.executable).parent))
 SWEEP_ARGS = [
-    "--methods", "fedavg", "fedgela", "--seeds", "0", "1",
-    "--set", "dataset=digits", "--set", "num-clients=4", "--set", "num-server-rounds=2", "--set", "local-epochs=1",
-    "--grid", "fedgela.temperature=0.2,-1.0",
+    "--methods", "fedavg", "fedgela", "--seeds", "0-1",
+    "--set", "dataset=digits", "--set", "num-clients=4", "--set", "num-server-rounds=3", "--set", "local-epochs=1",
+    "--grid", "fedgela.temperature=0.2,-1.0", "--no-progress",
 ]  # fmt: skip
-FIRST, CUT = "fedavg_seed0", "fedgela_temperature=0.2_seed0"
+CUT = "fedavg_seed0"  # the first run: its ServerApp is killed once round 1 is in metrics.csv
 FAILED = ["fedgela_temperature=-1.0_seed0", "fedgela_temperature=-1.0_seed1"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _entries(out: Path) -> dict[str, dict[str, Any]]:
@@ -280,51 +358,52 @@ def _entries(out: Path) -> dict[str, dict[str, Any]]:
         return {}
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 @pytest.fixture(scope="module")
 def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Start the sweep, SIGTERM it once its first run finished and the second run's folder exists, rerun it."""
+    """Start the sweep; once its first run has round 1 in metrics.csv, SIGKILL that run's ServerApp process
+    (the pid its run.json records); let the sweep go on, then rerun it and build the report."""
     tmp = tmp_path_factory.mktemp("sweep")
     out = tmp / "sweep"
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(tmp / "flwr-home"),
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
-    }
-    cmd = [sys.executable, "-m", "simulations.sweep", *SWEEP_ARGS, "--out", str(out)]
+    env = isolated_env(tmp / "flwr-home")
+    cmd = [sys.executable, "-m", "simulations.experiments.sweep", *SWEEP_ARGS, "--out", str(out)]
+    cut_dir = out / "runs" / CUT
     result: dict[str, Any] = {"out": out}
     try:
-        t0 = time.monotonic()
         first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        while first.poll() is None and time.monotonic() - t0 < 400:
-            entries = _entries(out)
-            if entries.get(FIRST, {}).get("status") == "finished" and (out / "runs" / CUT).exists():
-                first.send_signal(signal.SIGTERM)
-                break
-            time.sleep(0.1)
-        stdout, stderr = first.communicate(timeout=120)
-        result |= {"first_rc": first.returncode, "first_out": stdout, "first_err": stderr}
+        killed = None
+        while first.poll() is None and killed is None:
+            pid = runs.writer_pid(cut_dir)
+            if runs.rounds_done(cut_dir) >= 1 and pid and runs.status(cut_dir) == "running":
+                assert "flwr-simulation" in _cmdline(pid), _cmdline(pid)
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+            time.sleep(0.05)
+        stdout, stderr = first.communicate(timeout=1800)
+        result |= {"first_rc": first.returncode, "first_out": stdout, "first_err": stderr, "killed": killed}
         result["before"] = _entries(out)
-        result["first_mtime"] = (out / "runs" / FIRST / "run.json").stat().st_mtime_ns
-        second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        result["cut_metrics"] = pd.read_csv(cut_dir / "metrics.csv")
+        result["cut_status"] = runs.status(cut_dir)
+        result["mtimes"] = {n: (out / "runs" / n / "run.json").stat().st_mtime_ns for n in _entries(out) if n != CUT}
+        second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
         result |= {"second_rc": second.returncode, "second_out": second.stdout, "second_err": second.stderr}
         rep = subprocess.run(
-            [sys.executable, "-m", "simulations.report", str(out)],
+            [sys.executable, "-m", "simulations.experiments.report", str(out)],
             cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=300,
         )
-        result |= {"report_rc": rep.returncode, "report_out": rep.stdout + rep.stderr, "seconds": time.monotonic() - t0}
+        result |= {"report_rc": rep.returncode, "report_out": rep.stdout + rep.stderr}
         yield result
     finally:
-        # `flwr run` leaves its local SuperLink running: stop the one this test started (by its unique port).
-        found = subprocess.run(
-            ["pgrep", "-f", f"flower-superlink.*{env['FLWR_LOCAL_CONTROL_API_PORT']}"], capture_output=True, text=True
-        )
-        for pid in found.stdout.split():
-            os.kill(int(pid), signal.SIGTERM)
-        time.sleep(1)
+        stop_local_superlink(env)  # `flwr run` leaves its local SuperLink running
 
 
 needs_flwr = pytest.mark.skipif(FLWR is None, reason="flwr CLI not installed")
@@ -332,16 +411,43 @@ needs_flwr = pytest.mark.skipif(FLWR is None, reason="flwr CLI not installed")
 
 @pytest.mark.slow
 @needs_flwr
-def test_real_sweep_produces_every_artefact(real_sweep: dict[str, Any]) -> None:
+def test_a_run_cut_mid_way_is_continued_from_its_checkpoint(real_sweep: dict[str, Any]) -> None:
+    out: Path = real_sweep["out"]
+    first_log = real_sweep["first_out"] + real_sweep["first_err"][-3000:]
+    assert real_sweep["killed"] is not None and real_sweep["first_rc"] == 1, first_log
+    before, cut_dir = real_sweep["before"], out / "runs" / CUT
+    assert before[CUT]["status"] == "failed" and "rerun the sweep to resume it" in before[CUT]["error"], before[CUT]
+    written = real_sweep["cut_metrics"]["round"].tolist()
+    assert real_sweep["cut_status"] == "running" and written == list(range(1, len(written) + 1)) and written
+    # The rerun continues it in the same folder: rounds 1..3 once each, the rows before the resume unchanged.
+    second_log = real_sweep["second_out"] + real_sweep["second_err"][-3000:]
+    assert f"{CUT}: continuing from its checkpoint" in real_sweep["second_out"], second_log
+    after = pd.read_csv(cut_dir / "metrics.csv")
+    assert after["round"].tolist() == [1, 2, 3], second_log
+    info = runs.run_info(cut_dir)
+    assert info["status"] == "finished" and len(info["resumes"]) == 1
+    start = info["resumes"][0]["from_round"]
+    assert 1 <= start <= len(written), "continued from a checkpoint written before the kill"
+    pd.testing.assert_frame_equal(after.iloc[:start], real_sweep["cut_metrics"].iloc[:start], check_exact=True)
+    assert not list((out / "runs").glob("*.incomplete-*")) and _entries(out)[CUT]["resumed"] is True
+
+
+@pytest.mark.slow
+@needs_flwr
+def test_real_sweep_skips_finished_runs_and_produces_every_artefact(real_sweep: dict[str, Any]) -> None:
     out: Path = real_sweep["out"]
     log = real_sweep["second_out"] + real_sweep["second_err"][-3000:]
     entries = _entries(out)
     assert len(entries) == 6
     finished = sorted(n for n, r in entries.items() if r["status"] == "finished")
     assert finished == sorted(set(entries) - set(FAILED)), log
+    assert "3 of 6 runs finished earlier are skipped" in real_sweep["second_out"], log
+    for name, mtime in real_sweep["mtimes"].items():
+        if name not in FAILED:
+            assert (out / "runs" / name / "run.json").stat().st_mtime_ns == mtime, f"{name} was redone"
     for name in finished:
-        assert sweep.run_finished(out / "runs" / name) and (out / "logs" / f"{name}.log").exists()
-        assert list(pd.read_csv(out / "runs" / name / "metrics.csv")["round"]) == [1, 2]
+        assert runs.finished(out / "runs" / name) and (out / "logs" / f"{name}.log").exists()
+        assert list(pd.read_csv(out / "runs" / name / "metrics.csv")["round"]) == [1, 2, 3]
     # Runs of one seed share their partitions: same test examples per client for both methods.
     for seed in (0, 1):
         sizes = [
@@ -349,8 +455,8 @@ def test_real_sweep_produces_every_artefact(real_sweep: dict[str, Any]) -> None:
             for n in (f"fedavg_seed{seed}", f"fedgela_temperature=0.2_seed{seed}")
         ]
         assert sizes[0] == sizes[1] and len(sizes[0]) == 4
-    assert "round 2/2" in real_sweep["second_err"] and "ETA" in real_sweep["second_err"], "progress bar"
     assert real_sweep["report_rc"] == 0, real_sweep["report_out"]
+    assert "| fedgela | " in real_sweep["report_out"] and "## Best round" in real_sweep["report_out"]
     rep = out / "report"
     table = pd.read_csv(rep / "table.csv")
     assert list(table["method"]) == ["fedavg", "fedgela"] and list(table["runs"]) == [2, 2]
@@ -359,23 +465,6 @@ def test_real_sweep_produces_every_artefact(real_sweep: dict[str, Any]) -> None:
         assert (rep / name).stat().st_size > 0
     page = (rep / "index.html").read_text()
     assert page.count('src="data:image/png;base64,') >= 3 and "fedgela_temperature=-1.0_seed1" in page
-
-
-@pytest.mark.slow
-@needs_flwr
-def test_killed_sweep_resumes_without_redoing_finished_runs(real_sweep: dict[str, Any]) -> None:
-    out: Path = real_sweep["out"]
-    assert real_sweep["first_rc"] == 130, real_sweep["first_err"][-3000:]
-    before, after = real_sweep["before"], _entries(out)
-    assert before[FIRST]["status"] == "finished" and after[FIRST]["ended"] == before[FIRST]["ended"]
-    assert (out / "runs" / FIRST / "run.json").stat().st_mtime_ns == real_sweep["first_mtime"]
-    assert "runs finished earlier are skipped" in real_sweep["second_err"] + real_sweep["second_out"]
-    incomplete = out / "runs" / f"{CUT}.incomplete-1"
-    if before[CUT]["status"] == "finished":  # the cut came after the run had ended: nothing to redo
-        assert not incomplete.exists() and after[CUT]["ended"] == before[CUT]["ended"]
-    else:
-        assert before[CUT]["status"] == "pending" and incomplete.is_dir(), "the cut run's folder is kept aside"
-        assert not sweep.run_finished(incomplete) and sweep.run_finished(out / "runs" / CUT)
 
 
 @pytest.mark.slow

@@ -1,14 +1,15 @@
-"""Build a sweep's report from existing results: tables, curves, a per-client heat map, neural-collapse figures, HTML.
+"""``fedetf-report``: the comparison table, curves, a per-client heat map and neural-collapse figures of finished runs.
 
 Usage: ``fedetf-report SWEEP_DIR`` or ``fedetf-report RUN_DIR [RUN_DIR ...] --out DIR``
-[--by method KEY ...] [--baseline fedavg] [--last-k 5].
+[--by method KEY ...] [--baseline fedavg] [--last-k 5] [--metric acc|bacc].
 
 Nothing is rerun: the report reads ``run.json``, ``metrics.csv`` and ``clients.csv`` of finished
-runs (and ``sweep.json`` of a sweep, for its failed runs and its grid keys) and writes into
-``--out`` (default ``SWEEP_DIR/report``): ``table.csv``, ``table.md``, ``curves_acc.png``,
-``curves_bacc.png``, ``heatmap.png``, ``nc_*.png`` (when the runs have neural-collapse columns)
-and ``index.html``, one self-contained page showing all of them. The statistics and curves come
-from :mod:`simulations.compare`.
+runs (and ``sweep.json`` of a sweep, for its failed runs and its grid keys). It prints the comparison
+(per group, the mean over seeds of each run's mean of the last k rounds, the difference to the
+baseline paired by seed with its spread, the seeds won) and, apart, the best-round numbers, and
+writes into ``--out`` (default ``SWEEP_DIR/report``): ``table.md``, ``table.csv`` (every statistic
+of every view), ``curves_acc.png``, ``curves_bacc.png``, ``heatmap.png``/``.csv``, ``nc_*.png``
+(when the runs have neural-collapse columns) and ``index.html``, one self-contained page.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,15 +24,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
-from fedetf.io import atomic_path, atomic_write_text
-from simulations import compare
-from simulations.sweep import read_state
+from fedetf.io import atomic_write_text
+from simulations.experiments import figures, runs, stats, tables
+from simulations.experiments.state import read_state
 
-#: What each view means, for table headings and figure captions.
+#: What each view means, for headings and captions.
 VIEW_TEXT = {
     "personal_acc": "personal accuracy after local training (each client's model on its own test split)",
     "personal_acc_before": "personal accuracy before local training (the received model with the client's adaptation)",
@@ -42,21 +40,15 @@ VIEW_TEXT = {
     "personal_bacc_before": "personal balanced accuracy before local training",
     "generic_bacc": "generic balanced accuracy",
 }
-#: Neural-collapse columns of metrics.csv: per-round, on the generic model; then per sampled client, averaged.
-NC_TEXT = {
-    "nc1": "NC1 = tr(S_W S_B^+)/K (0 = no within-class spread)",
-    "nc_equiangularity": "equiangularity: std of the class means' pairwise cosines (0 = equiangular)",
-    "nc_self_duality": "self-duality: ||W/||W|| - M/||M|| ||_F (0 = classifier aligned with the class means)",
-    "nc_equinorm": "equinorm: std/mean of the class-mean norms (0 = equal norms)",
-    "nc_cos_gap": "|mean cosine + 1/(K-1)| (0 = simplex angles)",
-    "angle_missing": "mean pairwise angle of locally missing classes [degrees]",
-    "angle_present": "mean pairwise angle of locally present classes [degrees]",
-    "space_missing_share": "share of the class-mean energy spent on locally missing classes",
-}
-NC_GENERIC = ("nc1", "nc_equiangularity", "nc_self_duality", "nc_equinorm", "nc_cos_gap")
-#: Panels of one figure (same unit, shared y axis).
-NC_CLIENT = (("angle_missing", "angle_present"), ("space_missing_share",))
 EXCLUDED_BY = {"seed", "output-dir", "strategy", "method", "run_dir", "rounds"}
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}
+figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:12px;color:#555;max-width:700px}.failed{color:#a00}code{background:#f5f5f5}
+"""
 
 
 class ReportError(ValueError):
@@ -73,13 +65,6 @@ class Sources:
     skipped: list[str] = field(default_factory=list)
 
 
-def _finished(d: Path) -> bool:
-    try:
-        return json.loads((d / "run.json").read_text()).get("status") == "finished"
-    except (OSError, ValueError):
-        return False
-
-
 def find_runs(paths: Sequence[Path]) -> Sources:
     """The finished runs of a sweep folder (one path with ``sweep.json``) or of run folders.
 
@@ -91,214 +76,79 @@ def find_runs(paths: Sequence[Path]) -> Sources:
         dirs, skipped = [], []
         for entry in state.get("runs", []):
             d = sweep_dir / "runs" / entry["name"]
-            if _finished(d):
+            if runs.finished(d):
                 dirs.append(d)
             elif entry.get("status") != "failed":
                 skipped.append(f"{entry['name']} ({entry.get('status', 'pending')})")
         return Sources(dirs, state, sweep_dir, skipped)
     dirs, skipped = [], []
     for p in paths:
-        if (p / "run.json").exists():
+        if runs.run_info(p) is not None:
             candidates = [p]
         else:
             inner = p / "runs" if (p / "runs").is_dir() else p
-            candidates = sorted(d for d in inner.glob("*") if (d / "run.json").exists())
+            candidates = sorted(d for d in inner.glob("*") if runs.run_info(d) is not None)
             if not candidates:
                 raise ReportError(f"{p} is neither a sweep folder (sweep.json) nor a run folder (run.json)")
         for d in candidates:
-            if _finished(d):
+            if runs.finished(d):
                 dirs.append(d)
             else:
                 skipped.append(f"{d} (not finished)")
     return Sources(dirs, skipped=skipped)
 
 
-def infer_by(runs: pd.DataFrame) -> list[str]:
+def infer_by(frame: pd.DataFrame) -> list[str]:
     """``method`` plus the config keys whose value differs between runs of one method (seeds aside)."""
     config_keys: set[str] = set()
-    for d in runs["run_dir"]:
-        config_keys |= set(json.loads((Path(d) / "run.json").read_text()).get("config", {}))
+    for d in frame["run_dir"]:
+        config_keys |= set(runs.config(Path(d)))
     by = ["method"]
     for key in sorted(config_keys - EXCLUDED_BY):
-        if key not in runs.columns:
+        if key not in frame.columns:
             continue
-        values = runs[[key, "method"]].astype(str)
-        values = values[values[key] != compare.NOT_USED]
+        values = frame[[key, "method"]].astype(str)
+        values = values[values[key] != stats.NOT_USED]
         if (values.groupby("method")[key].nunique() > 1).any():
             by.append(key)
     return by
 
 
-# ----------------------------------------------------------------------------- figures
-
-
-def _save(fig: Figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-
-
-def nc_figures(runs: pd.DataFrame, by: Sequence[str], out: Path) -> tuple[list[tuple[Path, str]], list[str]]:
-    """Per-round neural-collapse curves (one line per group); the columns no run set are noted instead."""
-    columns = {d: set(pd.read_csv(Path(d) / "metrics.csv", nrows=0).columns) for d in runs["run_dir"]}
-
-    def everywhere(col: str) -> bool:
-        return all(col in cols for cols in columns.values()) and _has_values(runs, col)
-
-    figures, notes = [], []
-    panels = [(c,) for c in NC_GENERIC] + list(NC_CLIENT)
-    for group in panels:
-        present = [c for c in group if everywhere(c)]
-        if not present:
-            continue
-        fig = compare.plot_curves(runs, by, present)
-        for ax, col in zip(fig.axes, present, strict=False):
-            ax.set_ylabel(col)
-        fig.suptitle("; ".join(NC_TEXT[c] for c in present), fontsize=8)
-        fig.tight_layout()
-        name = present[0] if len(present) == 1 else "angles"
-        path = out / f"{name if name.startswith('nc') else 'nc_' + name}.png"
-        _save(fig, path)
-        figures.append((path, "; ".join(NC_TEXT[c] for c in present)))
-    if not figures:
-        notes.append(
-            "neural-collapse figures skipped: metrics.csv has no nc1/angle columns in every run "
-            "(run with diagnostics=true, e.g. --set diagnostics=true)"
-        )
-    return figures, notes
-
-
-def _has_values(runs: pd.DataFrame, col: str) -> bool:
-    for d in runs["run_dir"]:
-        values = pd.to_numeric(pd.read_csv(Path(d) / "metrics.csv")[col], errors="coerce")
-        if values.notna().any():
-            return True
-    return False
-
-
-def client_table(runs: pd.DataFrame, by: Sequence[str], view: str = "personal_acc", last_k: int = 5) -> pd.DataFrame:
-    """Per client (rows, ``partition_id``) and group (columns): ``view`` averaged over the client's last
-    ``last_k`` evaluations of each run, then over the group's runs (seeds)."""
-    columns = {}
-    for key, g in compare._groups(runs, by):
-        per_run = []
-        for d in g["run_dir"]:
-            path = Path(d) / "clients.csv"
-            if not path.exists():
-                continue
-            clients = pd.read_csv(path)
-            if clients.empty or view not in clients.columns:
-                continue
-            clients = clients.sort_values("round")
-            per_run.append(clients.groupby("partition_id")[view].apply(lambda s: s.iloc[-last_k:].mean()))
-        if per_run:
-            columns[compare.curve_label(key, by)] = pd.concat(per_run, axis=1).mean(axis=1)
-    table = pd.DataFrame(columns)
-    table.index.name = "partition_id"
-    return table.sort_index()
-
-
-def plot_heatmap(table: pd.DataFrame, path: Path, title: str) -> None:
-    """Clients x groups heat map of accuracies in %, with the values written in the cells."""
-    n_rows, n_cols = table.shape
-    fig = Figure(figsize=(max(5.0, 1.3 * n_cols + 2.5), max(2.5, 0.32 * n_rows + 1.8)))
-    ax = fig.subplots()
-    image = ax.imshow(100 * table.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=100, aspect="auto")
-    ax.set_xticks(range(n_cols), [str(c) for c in table.columns], rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(n_rows), [str(i) for i in table.index], fontsize=7 if n_rows > 20 else 8)
-    ax.set_ylabel("client (partition_id)")
-    if n_rows * n_cols <= 600:
-        for (i, j), v in np.ndenumerate(table.to_numpy(dtype=float)):
-            if not np.isnan(v):
-                ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
-    fig.colorbar(image, ax=ax, label="%")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-# ----------------------------------------------------------------------------- tables and HTML
-
-
-def markdown_tables(table: pd.DataFrame, views: Sequence[str], baseline: str) -> str:
-    """One Markdown table per view (:func:`simulations.compare.format_table`), each under a heading."""
-    parts = []
-    for v in views:
-        parts.append(f"### {v}: {VIEW_TEXT.get(v, v)}\n\n{compare.format_table(table, [v], baseline)}")
-    return "\n\n".join(parts)
-
-
-def md_to_html(text: str) -> str:
-    """The Markdown this report writes (headings, pipe tables, bullet lines, paragraphs) as HTML."""
-    out: list[str] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("|"):
-            rows = []
-            while i < len(lines) and lines[i].startswith("|"):
-                rows.append([html.escape(c.strip()) for c in lines[i].strip().strip("|").split("|")])
-                i += 1
-            head, body = rows[0], [r for r in rows[1:] if not all(set(c) <= set("-: ") for c in r)]
-            out.append("<table><thead><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr></thead><tbody>")
-            out += ["<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body]
-            out.append("</tbody></table>")
-            continue
-        if line.startswith("#"):
-            level = min(len(line) - len(line.lstrip("#")) + 1, 6)
-            out.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("- "):
-            items = []
-            while i < len(lines) and lines[i].startswith("- "):
-                items.append(f"<li>{html.escape(lines[i][2:])}</li>")
-                i += 1
-            out.append("<ul>" + "".join(items) + "</ul>")
-            continue
-        elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
-        i += 1
-    return "\n".join(out)
-
-
-def _img(path: Path, caption: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
-        f"<figcaption>{html.escape(path.name)}: {html.escape(caption)}</figcaption></figure>"
-    )
-
-
-CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left}
-figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}img{max-width:100%;border:1px solid #eee}
-figcaption{font-size:12px;color:#555;max-width:700px}.failed{color:#a00}code{background:#f5f5f5}
-"""
-
-
-def write_html(path: Path, title: str, sections: list[tuple[str, str]]) -> None:
-    """One self-contained page: ``sections`` are (heading, HTML body)."""
-    body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{b}" for h, b in sections)
-    atomic_write_text(
-        path,
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{CSS}</style></head>\n<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n",
-    )
-
-
-# ----------------------------------------------------------------------------- the report
-
-
 @dataclass
 class Report:
-    """What :func:`build_report` wrote."""
+    """What :func:`build_report` wrote, and the comparison it printed."""
 
     out: Path
     files: list[Path]
     notes: list[str]
     failed: list[dict[str, Any]]
+    text: str = ""
+
+
+def _headline_views(metric: str, views: Sequence[str]) -> list[str]:
+    return [v for v in (f"generic_{metric}", f"personal_{metric}") if v in views]
+
+
+def _table_parts(
+    table: pd.DataFrame, views: dict[str, list[str]], baseline: str, last_k: int
+) -> list[tuple[str, pd.DataFrame]]:
+    """(heading, table) of the comparison, the best round (apart) and the other views."""
+    head, other = views["headline"], views["other"]
+    last = f"mean of the last {last_k} rounds"
+    parts = [
+        (f"Comparison: {last}", tables.comparison(table, head, baseline, last_k)),
+        (
+            "Best round, reported apart (each run's highest round: a choice made after seeing the results)",
+            tables.best_round(table, head),
+        ),
+    ]
+    if other:
+        parts.append((f"Other views: {last}", tables.comparison(table, other, baseline, last_k)))
+    return parts
+
+
+def _markdown(parts: Sequence[tuple[str, pd.DataFrame]]) -> str:
+    return "\n\n".join(f"## {h}\n\n{tables.markdown(t)}" for h, t in parts)
 
 
 def build_report(
@@ -307,6 +157,7 @@ def build_report(
     by: Sequence[str] | None = None,
     baseline: str = "fedavg",
     last_k: int = 5,
+    metric: str = "acc",
 ) -> Report:
     """Write the report of the finished runs under ``paths`` into ``out``.
 
@@ -323,6 +174,8 @@ def build_report(
         Method the others are paired with, by seed.
     last_k
         Rounds averaged at the end of each run (and of each client, for the heat map).
+    metric
+        ``acc`` or ``bacc`` (balanced accuracy): the generic and personal views of the comparison table.
     """
     if last_k < 1:
         raise ReportError(f"--last-k {last_k}: allowed: an integer >= 1")
@@ -335,102 +188,124 @@ def build_report(
     if not src.dirs:
         raise ReportError(f"no finished run under {', '.join(map(str, paths))}" + _failed_hint(failed))
     out.mkdir(parents=True, exist_ok=True)
-    runs = compare.load_runs(src.dirs, last_k)
+    frame = stats.load_runs(src.dirs, last_k)
     if by is None:
         sweep_by = (src.sweep or {}).get("report_by")
-        by = [k for k in sweep_by if k in runs.columns] if sweep_by else infer_by(runs)
+        by = [k for k in sweep_by if k in frame.columns] if sweep_by else infer_by(frame)
     by = list(by)
     try:
-        compare.group_labels(runs, by)
+        stats.group_labels(frame, by)
     except KeyError as e:
         raise ReportError(str(e.args[0])) from None
+    per_metric = {m: list(stats.views_for(m, frame, last_k)) for m in ("acc", "bacc")}
+    all_views = [*per_metric["acc"], *per_metric["bacc"]]
+    head = _headline_views(metric, per_metric[metric])
+    if not head:
+        raise ReportError(f"no generic_{metric} or personal_{metric} column is present in every run's metrics.csv")
+    views = {"headline": head, "other": [v for v in all_views if v not in head]}
     notes: list[str] = []
-    per_metric = {m: compare.views_for(m, runs, last_k) for m in ("acc", "bacc")}
-    views = [*per_metric["acc"], *per_metric["bacc"]]
-    if not views:
-        raise ReportError("no accuracy column is present in every run's metrics.csv")
     use_baseline: str | None = baseline
-    if compare.method_key(by) is None:
+    if stats.method_key(by) is None:
         notes.append("no paired differences: the grouping keys name no method")
         use_baseline = None
-    elif baseline not in set(runs["method"].astype(str)):
+    elif baseline not in set(frame["method"].astype(str)):
         notes.append(f"no paired differences: no {baseline!r} run among the runs")
     try:
-        table = compare.summary_table(runs, by, views, last_k, use_baseline)
+        table = stats.summary_table(frame, by, all_views, last_k, use_baseline)
     except ValueError as e:
         notes.append(f"no paired differences: {e}")
-        table = compare.summary_table(runs, by, views, last_k, None)
-    notes.insert(0, compare.seeds_note(table))
-    if (runs["rounds"] < last_k).any():
+        table = stats.summary_table(frame, by, all_views, last_k, None)
+    notes.insert(0, stats.seeds_note(table))
+    if (frame["rounds"] < last_k).any():
         notes.append(f"some runs have fewer than {last_k} rounds; their last-{last_k} mean uses all rounds")
-    files: list[Path] = []
-
     atomic_write_text(out / "table.csv", table.to_csv())
-    files.append(out / "table.csv")
+    files = [out / "table.csv"]
 
-    figures: list[tuple[Path, str]] = []
-    for metric, metric_views in per_metric.items():
-        shown = [v for v in metric_views if not v.endswith("client_mean")]
-        if shown:
-            path = out / f"curves_{metric}.png"
-            compare.plot_curves(runs, by, shown, path)
-            figures.append((path, "per-round " + "; ".join(f"{v}: {VIEW_TEXT.get(v, v)}" for v in shown)))
-
-    heat = client_table(runs, by, "personal_acc", last_k)
-    heat_figure: list[tuple[Path, str]] = []
+    shown: list[tuple[Path, str]] = []
+    for m, metric_views in per_metric.items():
+        curves = [v for v in metric_views if not v.endswith("client_mean")]
+        if curves:
+            path = out / f"curves_{m}.png"
+            figures.plot_curves(frame, by, curves, path)
+            shown.append((path, "per-round " + "; ".join(f"{v}: {VIEW_TEXT.get(v, v)}" for v in curves)))
+    heat = stats.client_table(frame, by, "personal_acc", last_k)
+    heat_shown: list[tuple[Path, str]] = []
     if heat.empty:
         notes.append("heat map skipped: no clients.csv with personal_acc")
     else:
-        caption = (
-            f"personal accuracy per client (after local training), mean of each client's last {last_k} "
-            "evaluations and of the seeds"
+        figures.plot_heatmap(
+            heat, out / "heatmap.png", f"personal_acc per client, mean of the last {last_k} rounds and seeds"
         )
-        plot_heatmap(heat, out / "heatmap.png", f"personal_acc per client, mean of the last {last_k} rounds and seeds")
-        heat_figure.append((out / "heatmap.png", caption))
         atomic_write_text(out / "heatmap.csv", heat.to_csv())
-        files += [out / "heatmap.png", out / "heatmap.csv"]
-
-    nc, nc_notes = nc_figures(runs, by, out)
+        heat_shown.append(
+            (
+                out / "heatmap.png",
+                f"personal accuracy per client (after local training), mean of each client's last {last_k} "
+                "evaluations and of the seeds",
+            )
+        )
+        files.append(out / "heatmap.csv")
+    nc, nc_notes = figures.nc_figures(frame, by, out)
     notes += nc_notes
-    files += [p for p, _ in figures + nc]
+    files += [p for p, _ in shown + heat_shown + nc]
 
-    skipped = src.skipped
-    failed_md = ""
-    if failed or skipped:
-        lines = ["## Runs not in the tables", ""]
-        lines += [f"- failed: {f['name']}: {f.get('error') or 'no error recorded'}" for f in failed]
-        lines += [f"- unfinished: {s}" for s in skipped]
-        failed_md = "\n".join(lines)
+    not_in = [f"failed: {f['name']}: {f.get('error') or 'no error recorded'}" for f in failed]
+    not_in += [f"unfinished: {s}" for s in src.skipped]
     header = (
-        f"{len(runs)} finished runs, grouped by {', '.join(by)}; "
-        f"accuracies in %, mean ± std over seeds; last {last_k} = mean of the last {last_k} rounds"
+        f"{len(frame)} finished runs, grouped by {', '.join(by)}; accuracies in %, mean ± std over seeds; "
+        f"the mean of the last {last_k} rounds is taken per run, then over seeds"
     )
-    md = "\n\n".join(
-        x for x in [header, markdown_tables(table, views, baseline), "\n".join(f"- {n}" for n in notes), failed_md] if x
-    )
-    atomic_write_text(out / "table.md", md + "\n")
+    parts = _table_parts(table, views, baseline, last_k)
+    md = [header, _markdown(parts), "\n".join(f"- {n}" for n in notes)]
+    if not_in:
+        md.append("## Runs not in the tables\n\n" + "\n".join(f"- {line}" for line in not_in))
+    atomic_write_text(out / "table.md", "\n\n".join(md) + "\n")
     files.append(out / "table.md")
 
-    title = f"fedetf report: {src.sweep_dir.name if src.sweep_dir else ', '.join(p.name for p in map(Path, paths))}"
-    info = [
-        f"<p>{html.escape(header)}. Built {datetime.now():%Y-%m-%d %H:%M} from existing results "
-        f"({html.escape(str(src.sweep_dir or ', '.join(map(str, paths))))}).</p>"
+    name = src.sweep_dir.name if src.sweep_dir else ", ".join(Path(p).name for p in paths)
+    command = " ".join((src.sweep or {}).get("command", []))
+    sections = [
+        (
+            "Overview",
+            f"<p>{html.escape(header)}. Built {datetime.now():%Y-%m-%d %H:%M} from existing results "
+            f"({html.escape(str(src.sweep_dir or ', '.join(map(str, paths))))}).</p>"
+            + (f"<p>Sweep command: <code>{html.escape(command)}</code></p>" if command else "")
+            + _ul(notes),
+        )
     ]
-    if src.sweep:
-        info.append(f"<p>Sweep command: <code>{html.escape(' '.join(src.sweep.get('command', [])))}</code></p>")
-    sections = [("Overview", "\n".join(info) + md_to_html("\n".join(f"- {n}" for n in notes)))]
-    if failed_md:
-        sections.append(("Failed and unfinished runs", f'<div class="failed">{md_to_html(failed_md)}</div>'))
-    sections.append(("Tables", md_to_html(markdown_tables(table, views, baseline))))
-    sections.append(("Curves", "\n".join(_img(p, c) for p, c in figures)))
-    if heat_figure:
-        sections.append(("Personal accuracy per client", "\n".join(_img(p, c) for p, c in heat_figure)))
-    sections.append(
-        ("Neural collapse", "\n".join(_img(p, c) for p, c in nc) or md_to_html("\n".join(f"- {n}" for n in nc_notes)))
-    )
-    write_html(out / "index.html", title, sections)
+    if not_in:
+        sections.append(("Runs not in the tables", f'<div class="failed">{_ul(not_in)}</div>'))
+    sections += [(h, tables.html(t)) for h, t in parts]
+    sections.append(("Curves", "".join(_img(p, c) for p, c in shown)))
+    if heat_shown:
+        sections.append(("Personal accuracy per client", "".join(_img(p, c) for p, c in heat_shown)))
+    sections.append(("Neural collapse", "".join(_img(p, c) for p, c in nc) or _ul(nc_notes)))
+    _write_html(out / "index.html", f"fedetf report: {name}", sections)
     files.append(out / "index.html")
-    return Report(out, files, notes, failed)
+    printed = "\n\n".join([header, _markdown(parts[:2]), "\n".join(notes)])
+    return Report(out, files, notes, failed, printed)
+
+
+def _ul(items: Sequence[str]) -> str:
+    return "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>" if items else ""
+
+
+def _img(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
+        f"<figcaption>{html.escape(path.name)}: {html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _write_html(path: Path, title: str, sections: list[tuple[str, str]]) -> None:
+    """One self-contained page: ``sections`` are (heading, HTML body)."""
+    body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{b}" for h, b in sections)
+    atomic_write_text(
+        path,
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{CSS}</style></head>\n<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n",
+    )
 
 
 def _failed_hint(failed: list[dict[str, Any]]) -> str:
@@ -447,14 +322,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--by", nargs="+", help="grouping keys (default: method and the sweep's grid keys)")
     parser.add_argument("--baseline", default="fedavg", help="method the others are paired with (default: fedavg)")
     parser.add_argument("--last-k", type=int, default=5, help="final rounds averaged (default: 5)")
+    parser.add_argument(
+        "--metric", choices=["acc", "bacc"], default="acc", help="the comparison's metric: accuracy or balanced"
+    )
     args = parser.parse_args(argv)
     try:
-        report = build_report(args.paths, args.out, args.by, args.baseline, args.last_k)
+        report = build_report(args.paths, args.out, args.by, args.baseline, args.last_k, args.metric)
     except ReportError as e:
         print(f"fedetf-report: error: {e}", file=sys.stderr)
         sys.exit(2)
-    for note in report.notes:
-        print(note)
+    print(report.text)
     for f in report.failed:
         print(f"failed run: {f['name']}: {f.get('error')}")
     print(f"report: {report.out / 'index.html'} ({len(report.files)} files in {report.out})")

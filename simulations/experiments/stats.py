@@ -1,13 +1,10 @@
-"""Compare finished runs: mean +- std over seeds, and paired differences against a baseline method.
+"""Statistics of finished runs: per group (method, grid values) mean and std over seeds, paired differences.
 
-Usage: ``fedetf-compare RUN_DIR [RUN_DIR ...] [--by method local-epochs] [--metric acc|bacc]
-[--baseline fedavg] [--last-k 5] [--csv table.csv] [--markdown table.md] [--plot curves.png]``.
-
-Runs are grouped by the given config keys; seeds (and any other key not grouped on) are averaged
-over. For every view (a metrics.csv column present in all runs) the table reports the last round,
-the best round and the mean of the last k rounds, each as mean +- std over the runs of a group
-(ddof=0). Against the baseline method, runs are paired by seed and by every other ``--by`` key;
-the table reports the mean and std of the per-seed differences of the last-k mean and the wins.
+Runs are grouped by config keys; seeds (and any other key not grouped on) are averaged over. For
+every view (a metrics.csv column present in all runs) :func:`summary_table` gives the last round,
+the best round and the mean of the last k rounds, each as mean and std over the runs of a group
+(ddof=0). Against a baseline method, runs are paired by seed and by every other grouping key: the
+mean and std of the per-seed differences of the last-k mean, and the seeds won.
 
 A dotted key ``ns.x`` (a method setting such as ``fedgela.temperature``) is shown only for runs
 whose ``run.json`` lists it under ``method_settings``; other runs show ``-``. Old runs that name
@@ -16,21 +13,15 @@ the method ``strategy`` rather than ``method`` are read as if they used ``method
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib import rcParams
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-from fedetf.io import atomic_path, atomic_write_text
+from simulations.experiments import runs as run_files
 
 METHOD_KEYS = ("method", "strategy")
 NOT_USED = "-"
@@ -57,7 +48,7 @@ def views_for(metric: str, runs: pd.DataFrame, last_k: int = 5) -> tuple[str, ..
 
 
 def _read_run(d: Path) -> dict[str, Any]:
-    info = json.loads((d / "run.json").read_text())
+    info = run_files.run_info(d) or {}
     if info.get("status") != "finished":
         raise ValueError(f"{d / 'run.json'}: run did not finish (status {info.get('status')!r})")
     config = dict(info.get("config", {}))
@@ -135,7 +126,7 @@ def group_labels(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     return labels.where(labels.notna(), NOT_USED)
 
 
-def _groups(runs: pd.DataFrame, by: Sequence[str]) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
+def groups(runs: pd.DataFrame, by: Sequence[str]) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
     labels = group_labels(runs, by)
     keys = [tuple(r) for r in labels.itertuples(index=False)]
     out: dict[tuple[Any, ...], list[int]] = {}
@@ -187,8 +178,8 @@ def paired_differences(
     col = f"{view}_last{last_k}"
     others = [i for i, k in enumerate(by) if k != mk]
     m = list(by).index(mk)
-    groups = _groups(runs, by)
-    base = [(key, g) for key, g in groups if key[m] == baseline]
+    grouped = groups(runs, by)
+    base = [(key, g) for key, g in grouped if key[m] == baseline]
     rows: list[dict[str, Any]] = []
     keys: list[tuple[Any, ...]] = []
     if not base:
@@ -198,7 +189,7 @@ def paired_differences(
         g = g[g["seed"].notna()]
         return g.groupby("seed")[col].mean()
 
-    for key, g in groups:
+    for key, g in grouped:
         if key[m] == baseline:
             continue
         match = [
@@ -258,15 +249,15 @@ def summary_table(
     absent = [c for c in cols if c not in runs.columns]
     if absent:
         raise KeyError(f"runs lack {absent}")
-    groups = _groups(runs, by)
+    grouped = groups(runs, by)
     rows = []
-    for _, g in groups:
+    for _, g in grouped:
         values = g[cols].astype(float)
         row = values.mean().to_dict() | values.std(ddof=0).add_suffix("_std").to_dict()
         row["runs"] = len(g)
         rows.append(row)
     order = [c for v in views for s in stats(last_k) for c in (f"{v}_{s}", f"{v}_{s}_std")]
-    table = pd.DataFrame(rows, index=_index([k for k, _ in groups], by), columns=[*order, "runs"])
+    table = pd.DataFrame(rows, index=_index([k for k, _ in grouped], by), columns=[*order, "runs"])
     if baseline is not None and method_key(by) is not None:
         for v in views:
             diffs = paired_differences(runs, by, v, baseline, last_k)
@@ -274,51 +265,6 @@ def summary_table(
                 break
             table = table.join(diffs.astype({"wins": "Int64", "paired": "Int64"}).add_prefix(f"{v}_"))
     return table
-
-
-def _pct(mean: float, std: float, signed: bool = False) -> str:
-    if math.isnan(mean):
-        return ""
-    return f"{100 * mean:{'+' if signed else ''}.1f} ± {100 * std:.1f}"
-
-
-def format_table(table: pd.DataFrame, views: Sequence[str] = VIEWS[:2], baseline: str = "fedavg") -> str:
-    """Markdown table of ``mean ± std`` in %, with the statistic named in each column header.
-
-    Parameters
-    ----------
-    table
-        Output of :func:`summary_table`.
-    views
-        Views to show.
-    baseline
-        Name of the baseline, used in the headers of the paired columns (if the table has them).
-    """
-    names = list(table.index.names)
-    suffixes = [c.removeprefix(f"{views[0]}_") for c in table.columns if c.startswith(f"{views[0]}_")]
-    shown = [s for s in suffixes if s in STAT_NAMES or re.fullmatch(r"last\d+", s)]
-    last_k = next((s for s in shown if s not in STAT_NAMES), "last")
-    paired = f"{views[0]}_diff" in table.columns
-    header = list(names)
-    for v in views:
-        header += [f"{v} ({stat_name(s)}) [%]" for s in shown]
-        if paired:
-            header += [f"{v} − {baseline} ({stat_name(last_k)}, paired by seed) [%]", f"{v} wins/seeds"]
-    header.append("runs")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for key, row in table.iterrows():
-        key = key if isinstance(key, tuple) else (key,)
-        cells = [str(k) for k in key]
-        for v in views:
-            cells += [_pct(row[f"{v}_{s}"], row[f"{v}_{s}_std"]) for s in shown]
-            if paired:
-                n = row[f"{v}_paired"]
-                has = not pd.isna(n)
-                cells.append(_pct(row[f"{v}_diff"], row[f"{v}_diff_std"], signed=True) if has and n else "")
-                cells.append(f"{int(row[f'{v}_wins'])}/{int(n)}" if has else "")
-        cells.append(str(int(row["runs"])))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def seeds_note(table: pd.DataFrame) -> str:
@@ -335,119 +281,23 @@ def curve_label(key: tuple[Any, ...], by: Sequence[str]) -> str:
     return " ".join(parts)
 
 
-def plot_curves(
-    runs: pd.DataFrame,
-    by: Sequence[str],
-    views: Sequence[str] = ("generic_acc", "personal_acc"),
-    path: Path | None = None,
-    band: str = "std",
-) -> Figure:
-    """Per-round curves: mean over each group's runs, shaded ``band`` (``"std"`` or ``"minmax"``).
-
-    Parameters
-    ----------
-    runs
-        Output of :func:`load_runs` (its ``run_dir`` column locates each metrics.csv).
-    by
-        Config keys forming the groups, one line per group.
-    views
-        Metrics columns, one panel each.
-    path
-        If given, save the figure there (format from its suffix, PNG without one), atomically.
-    band
-        ``"std"`` for mean ± std (ddof=0) over runs, ``"minmax"`` for the range.
-
-    Returns
-    -------
-    Figure
-    """
-    if band not in ("std", "minmax"):
-        raise ValueError(f"band must be 'std' or 'minmax', got {band!r}")
-    fig = Figure(figsize=(5.5 * len(views), 4))
-    axes = fig.subplots(1, len(views), sharey=True, squeeze=False)[0]
-    for ax, view in zip(axes, views, strict=True):
-        for key, g in _groups(runs, by):
-            curves = pd.concat(
-                [pd.read_csv(Path(d) / "metrics.csv").set_index("round")[view] for d in g["run_dir"]], axis=1
-            ).sort_index()
-            mean = curves.mean(axis=1)
-            if band == "std":
-                sd = curves.std(axis=1, ddof=0)
-                lo, hi = mean - sd, mean + sd
-            else:
-                lo, hi = curves.min(axis=1), curves.max(axis=1)
-            (line,) = ax.plot(mean.index, mean.to_numpy(), label=curve_label(key, by))
-            ax.fill_between(mean.index, lo.to_numpy(), hi.to_numpy(), color=line.get_color(), alpha=0.2, lw=0)
-        ax.set_title(view)
-        ax.set_xlabel("round")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("balanced accuracy" if views[0].endswith("bacc") else "accuracy")
-    axes[-1].legend(fontsize=8, title=f"mean {'± std' if band == 'std' else 'and min–max'} over seeds")
-    fig.tight_layout()
-    if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format=Path(path).suffix[1:] or rcParams["savefig.format"])
-    return fig
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line entry point ``fedetf-compare``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with run.json and metrics.csv)")
-    parser.add_argument(
-        "--by", nargs="+", default=["method"], help="config keys to group on (default: method); e.g. local-epochs"
-    )
-    parser.add_argument(
-        "--metric",
-        choices=["acc", "bacc"],
-        default="acc",
-        help="accuracy or balanced accuracy (Fed-ISIC2019's headline)",
-    )
-    parser.add_argument("--baseline", default="fedavg", help="method the others are paired with (default: fedavg)")
-    parser.add_argument("--last-k", type=int, default=5, help="rounds averaged at the end of each run (default: 5)")
-    parser.add_argument("--csv", type=Path, help="write the table as CSV")
-    parser.add_argument("--markdown", type=Path, help="write the table as Markdown")
-    parser.add_argument("--plot", type=Path, help="write per-round curves as PNG")
-    parser.add_argument("--band", choices=["std", "minmax"], default="std", help="shaded band of the curves")
-    args = parser.parse_args(argv)
-    if args.last_k < 1:
-        parser.error("--last-k must be >= 1")
-    dirs = [d for d in args.runs if (d / "run.json").exists()]
-    if not dirs:
-        parser.error("no run folder with run.json given")
-    runs = load_runs(dirs, args.last_k)
-    views = views_for(args.metric, runs, args.last_k)
-    if not views:
-        parser.error(f"no {args.metric} metrics column is present in all runs")
-    try:
-        table = summary_table(runs, args.by, views, args.last_k, args.baseline)
-    except KeyError as e:
-        parser.error(str(e.args[0]))
-    notes = [seeds_note(table)]
-    if (runs["rounds"] < args.last_k).any():
-        notes.append(f"note: some runs have fewer than {args.last_k} rounds; their last-k mean uses all rounds")
-    mk = method_key(args.by)
-    if mk is None:
-        notes.append(f"no paired differences: --by names no method key ({' or '.join(METHOD_KEYS)})")
-    elif f"{views[0]}_diff" not in table.columns:
-        notes.append(f"no paired differences: no {args.baseline!r} baseline run among the runs")
-    text = format_table(table, views, args.baseline)
-    print(text)
-    print("\n".join(notes))
-    if args.markdown:
-        atomic_write_text(args.markdown, text + "\n\n" + "\n".join(notes) + "\n")
-    if args.csv:
-        atomic_write_text(args.csv, table.to_csv())
-    if args.plot:
-        plot_curves(
-            runs,
-            args.by,
-            [v for v in views if v in (f"generic_{args.metric}", f"personal_{args.metric}")],
-            args.plot,
-            args.band,
-        )
-
-
-if __name__ == "__main__":
-    main()
+def client_table(runs: pd.DataFrame, by: Sequence[str], view: str = "personal_acc", last_k: int = 5) -> pd.DataFrame:
+    """Per client (rows, ``partition_id``) and group (columns): ``view`` averaged over the client's last
+    ``last_k`` evaluations of each run, then over the group's runs (seeds)."""
+    columns = {}
+    for key, g in groups(runs, by):
+        per_run = []
+        for d in g["run_dir"]:
+            path = Path(d) / "clients.csv"
+            if not path.exists():
+                continue
+            clients = pd.read_csv(path)
+            if clients.empty or view not in clients.columns:
+                continue
+            clients = clients.sort_values("round")
+            per_run.append(clients.groupby("partition_id")[view].apply(lambda s: s.iloc[-last_k:].mean()))
+        if per_run:
+            columns[curve_label(key, by)] = pd.concat(per_run, axis=1).mean(axis=1)
+    table = pd.DataFrame(columns)
+    table.index.name = "partition_id"
+    return table.sort_index()
