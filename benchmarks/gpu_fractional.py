@@ -14,7 +14,7 @@ intervals), the GPUs and devices the clients used, and GPU utilisation and memor
 (``nvidia-smi`` sampled every 0.5 s over the rounds after the first).
 
     python benchmarks/gpu_fractional.py [--clients 8] [--gpus-per-client 0.25] [--images-per-client 2500]
-        [--rounds 4] [--engine flwr|sim] [--num-workers 0]
+        [--rounds 4] [--num-workers 0]
 
 Without a GPU visible to torch it says so and exits 0. ``--dry-run`` exercises the
 same pipeline on a CPU machine with logical GPUs (``init-args-num-gpus``), small
@@ -118,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per client")
-    parser.add_argument("--engine", choices=["flwr", "sim"], default="flwr")
     parser.add_argument("--dry-run", action="store_true", help="CPU machine: logical GPUs, tiny clients")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -165,8 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     extra = ""
     if args.dry_run:
         extra = f"init-args-num-gpus={gpus} init-args-num-cpus={args.clients * cpus}"
-        if args.engine == "sim":
-            raise SystemExit("--dry-run needs --engine flwr (logical GPUs are declared through the federation config)")
     print(f"# gpu_fractional: {args.clients} clients x {args.images_per_client} images of {source}, ResNet-18,")
     print(f"#   {args.gpus_per_client} GPU and {cpus} CPU per client on {gpus} GPU(s); {run_config_string(cfg)}")
     gpu = GpuSampler() if cuda else None
@@ -174,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         gpu.start()
     try:
         res = launch(
-            args.engine,
+            "flwr",
             cfg,
             work,
             "gpu",

@@ -19,7 +19,7 @@ here on the same 200 images). ``--profile S`` samples one Ray worker and the
 process running the ServerApp with py-spy for S seconds from round 2 on.
 
     python benchmarks/many_clients.py [--clients 10 1000 10000] [--rounds 4] [--images 60]
-        [--engine flwr|sim] [--profile 10] [--work DIR]
+        [--profile 10] [--work DIR]
 """
 
 from __future__ import annotations
@@ -161,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", nargs="+", type=int, default=[10, 1000, 10000])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--images", type=int, default=60, help="training images per client")
-    parser.add_argument("--engine", choices=["flwr", "sim"], default="flwr")
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy a worker and the server for S seconds")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--ray-niceness", type=int, default=0, help="niceness of Ray's workers; -1: Ray's default (15)")
@@ -188,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _config(n, args.rounds, root, logs, args.images)
         hook = profile_server_and_worker if args.profile else None
         nice = None if args.ray_niceness < 0 else args.ray_niceness
-        res = launch(args.engine, cfg, work, f"clients-{n}", profile=args.profile, profile_hook=hook, ray_niceness=nice)
+        res = launch("flwr", cfg, work, f"clients-{n}", profile=args.profile, profile_hook=hook, ray_niceness=nice)
         busy, fixed, seen = _overheads(res.rounds, logs, generic)
         row = {
             "clients": n,

@@ -4,8 +4,7 @@ The same run config runs three ways, each in a fresh process tree:
 
 * ``flwr``: ``flwr run . --stream`` on a local SuperLink with the Ray simulation
   engine, ``num-supernodes = num-clients``, ``client-resources-num-cpus=1``
-  (so on 2 cores two Ray workers of one thread each); ``--engine sim`` uses
-  ``flwr.simulation.run_simulation`` in-process instead (``simulations.local``);
+  (so on 2 cores two Ray workers of one thread each);
 * ``inline-1``: the same ServerApp (``simulations.server_app.main``) and the same
   ClientApp (``simulations.client_app.app``) in one process, one thread: an
   in-process Grid hands each message straight to the ClientApp, one client after
@@ -24,7 +23,7 @@ users) of every process of the run (the ``flwr`` CLI, the SuperLink and its
 children, Ray's GCS, raylet, agents and workers), with the plain sum of RSS beside it.
 
     python benchmarks/round_cost.py [--datasets digits mnist [mnist-5k]] [--methods fedavg fedgela]
-        [--rounds 5] [--local-epochs N] [--engine flwr|sim] [--plain-threads 1 2] [--repeats 2]
+        [--rounds 5] [--local-epochs N] [--plain-threads 1 2] [--repeats 2]
         [--ray-niceness 0] [--profile SECONDS] [--no-floor] [--data-root DIR]
 
 ``--datasets mnist`` runs MNIST-size clients (60,000 training images): the real
@@ -263,10 +262,10 @@ def launch(
     profile_hook: Callable[..., dict[str, dict[str, float]]] | None = None,
     ray_niceness: int | None = 0,
 ) -> Result:
-    """Run ``overrides`` with ``engine`` (``flwr``, ``sim`` or ``inline``) and measure it.
+    """Run ``overrides`` with ``engine`` (``flwr`` or ``inline``) and measure it.
 
-    ``threads`` is the number of torch threads of the inline process; ``flwr`` and ``sim``
-    give each client ``cpus_per_client`` CPUs (Ray sets its workers' OMP_NUM_THREADS to that).
+    ``threads`` is the number of torch threads of the inline process; ``flwr``
+    gives each client ``cpus_per_client`` CPUs (Ray sets its workers' OMP_NUM_THREADS to that).
     ``profile`` > 0 calls ``profile_hook`` (default :func:`profile_worker`) once round 1 is over.
     ``ray_niceness``: the niceness of Ray's workers (``RAY_worker_niceness``; Ray's default, None, is 15,
     which on a shared machine lets every other process go first; 0 matches the plain loop's priority).
@@ -446,15 +445,10 @@ def parallel_floor(cfg: dict[str, Any], workers: int = 2) -> tuple[float, float]
 
 
 def _child(spec: dict[str, Any]) -> None:
-    """Entry point of an ``inline``, ``sim`` or ``clients`` run (a fresh process)."""
+    """Entry point of an ``inline`` or ``clients`` run (a fresh process)."""
     overrides = spec["overrides"]
     if spec["engine"] == "clients":
         _client_work(spec)
-        return
-    if spec["engine"] == "sim":
-        from simulations.local import run_local
-
-        run_local(overrides, num_cpus=spec["cpus"], num_gpus=spec.get("gpus", 0.0))
         return
     import torch
 
@@ -549,14 +543,14 @@ def profile_worker(
 def profile_server_and_worker(
     roots: Any, seconds: float, stem: Path, proc: subprocess.Popen, after: Path | None = None
 ) -> dict[str, dict[str, float]]:
-    """Like :func:`profile_worker`, and the process running the ServerApp (``flwr-simulation``, or the
-    ``sim`` child) at the same time: its busiest functions (share of its non-idle samples, all threads)."""
+    """Like :func:`profile_worker`, and the process running the ServerApp (``flwr-simulation``) at the same
+    time: its busiest functions (share of its non-idle samples, all threads)."""
     if py_spy() is None:
         print("  (no py-spy: pip install py-spy, or set PY_SPY; profile skipped)")
         return {}
     _wait_for_round(proc, after)
     worker = _find(roots, proc, _is_worker)
-    server = _find(roots, proc, lambda c: "flwr-simulation" in c or "round_cost.py --child" in c)
+    server = _find(roots, proc, lambda c: "flwr-simulation" in c)
     recs = {}
     for who, pid in (("worker", worker), ("server", server)):
         if pid is not None:
@@ -682,7 +676,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["fedavg", "fedgela"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=None, help="default: 1 for mnist, 10 otherwise")
-    parser.add_argument("--engine", choices=["flwr", "sim"], default="flwr")
     parser.add_argument("--plain-threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=2, help="runs of each kind, interleaved; the best is shown")
     parser.add_argument(
@@ -737,8 +730,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(_fmt_row(r), flush=True)
                 seconds = args.profile if rep == 0 else 0.0
                 nice = None if args.ray_niceness < 0 else args.ray_niceness
-                r = launch(args.engine, cfg, work, f"{tag}-{args.engine}-{rep}", profile=seconds, ray_niceness=nice)
-                runs.setdefault(args.engine, []).append(r)
+                r = launch("flwr", cfg, work, f"{tag}-flwr-{rep}", profile=seconds, ray_niceness=nice)
+                runs.setdefault("flwr", []).append(r)
                 print(_fmt_row(r), flush=True)
             best = {label: _pick(rs) for label, rs in runs.items()}
             ref = best[f"plain, {args.plain_threads[0]} thread{'s' if args.plain_threads[0] > 1 else ''}"]
@@ -746,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, r in best.items():
                 r.label = label
                 print(_fmt_row(r, ref))
-            fl = best[args.engine]
+            fl = best["flwr"]
             flower[(dataset, method)] = fl
             if args.floor:
                 one, split = parallel_floor(cfg)
@@ -756,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"flwr / floor = {fl.steady / split:.2f}x"
                 )
             print("  memory at peak (MiB PSS): " + ", ".join(f"{k} {v:.0f}" for k, v in list(fl.memory.items())[:8]))
-            for who, shares in runs[args.engine][0].profile.items():
+            for who, shares in runs["flwr"][0].profile.items():
                 print(f"  {who}: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
     if {"fedavg", "fedgela"} <= set(args.methods):
         print()
@@ -771,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         for dataset in args.datasets:
             a, g = flower[(dataset, "fedavg")], flower[(dataset, "fedgela")]
             print(
-                f"{dataset}: {args.engine} round fedgela/fedavg = {g.steady / a.steady:.2f}x median "
+                f"{dataset}: flwr round fedgela/fedavg = {g.steady / a.steady:.2f}x median "
                 f"({g.steady:.2f} s vs {a.steady:.2f} s), {g.best / a.best:.2f}x fastest"
             )
     return 0
