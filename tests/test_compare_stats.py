@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulations.experiments import figures, report, tables
-from simulations.experiments import stats as compare
+from simulations.experiments import figures, report, stats, tables
 
 ROUNDS = np.arange(1, 9)  # 8 rounds; the last 5 are rounds 4..8, whose mean round is 6
 SEEDS = (0, 1, 2)
@@ -70,10 +69,10 @@ def run_dirs(tmp_path: Path) -> list[Path]:
 
 
 def test_last_best_and_last5_mean_and_std_over_seeds(run_dirs: list[Path]) -> None:
-    runs = compare.load_runs(run_dirs)
-    views = compare.views_for("acc", runs)
+    runs = stats.load_runs(run_dirs)
+    views = stats.views_for("acc", runs)
     assert views == ("generic_acc", "personal_acc", "personal_acc_before", "personal_acc_client_mean")
-    table = compare.summary_table(runs, ["method"], views)
+    table = stats.summary_table(runs, ["method"], views)
     assert table["runs"].tolist() == [3, 3]
     avg, gela = table.loc["fedavg"], table.loc["fedgela"]
     # fedavg generic per seed: last5 = 0.56, 0.57, 0.58; last = 0.58, 0.59, 0.60
@@ -93,24 +92,24 @@ def test_last_best_and_last5_mean_and_std_over_seeds(run_dirs: list[Path]) -> No
 
 
 def test_last_k_is_configurable(run_dirs: list[Path]) -> None:
-    runs = compare.load_runs(run_dirs, last_k=2)  # rounds 7, 8
-    table = compare.summary_table(runs, ["method"], ["generic_acc"], last_k=2)
+    runs = stats.load_runs(run_dirs, last_k=2)  # rounds 7, 8
+    table = stats.summary_table(runs, ["method"], ["generic_acc"], last_k=2)
     assert table.loc["fedavg", "generic_acc_last2"] == pytest.approx(0.585, abs=1e-12)
 
 
 def test_paired_differences_against_fedavg(run_dirs: list[Path]) -> None:
-    runs = compare.load_runs(run_dirs)
-    diffs = compare.paired_differences(runs, ["method"], "generic_acc")
+    runs = stats.load_runs(run_dirs)
+    diffs = stats.paired_differences(runs, ["method"], "generic_acc")
     assert list(diffs.index) == ["fedgela"]
     hand = [0.59 - 0.56, 0.56 - 0.57, 0.58 - 0.58]  # per seed: fedgela last5 - fedavg last5
     row = diffs.loc["fedgela"]
     assert row["diff"] == pytest.approx(np.mean(hand), abs=1e-12)
     assert row["diff_std"] == pytest.approx(np.std(hand), abs=1e-12)
     assert row["wins"] == 1 and row["paired"] == 3  # a tie is no win
-    personal = compare.paired_differences(runs, ["method"], "personal_acc").loc["fedgela"]
+    personal = stats.paired_differences(runs, ["method"], "personal_acc").loc["fedgela"]
     assert personal["diff"] == pytest.approx(0.05, abs=1e-12) and personal["diff_std"] == pytest.approx(0, abs=1e-12)
     assert personal["wins"] == 3
-    table = compare.summary_table(runs, ["method"], ["generic_acc"], baseline="fedavg")
+    table = stats.summary_table(runs, ["method"], ["generic_acc"], baseline="fedavg")
     assert table.loc["fedgela", "generic_acc_diff"] == pytest.approx(np.mean(hand), abs=1e-12)
     assert np.isnan(table.loc["fedavg", "generic_acc_diff"])
     shown = tables.comparison(table, ["generic_acc"], "fedavg", 5).set_index("method")
@@ -121,8 +120,8 @@ def test_paired_differences_against_fedavg(run_dirs: list[Path]) -> None:
 def test_pairs_only_matching_seeds_and_other_keys(tmp_path: Path) -> None:
     dirs = [_new_run(tmp_path, "fedavg", s, local_epochs=le, shift=0.1 * (le - 1)) for s in SEEDS for le in (1, 2)]
     dirs += [_new_run(tmp_path, "fedgela", s, local_epochs=2) for s in SEEDS[:2]]  # seeds 0 and 1 only
-    runs = compare.load_runs(dirs)
-    diffs = compare.paired_differences(runs, ["method", "local-epochs"], "generic_acc")
+    runs = stats.load_runs(dirs)
+    diffs = stats.paired_differences(runs, ["method", "local-epochs"], "generic_acc")
     row = diffs.loc[("fedgela", 2)]
     hand = [0.59 - (0.56 + 0.1), 0.56 - (0.57 + 0.1)]  # against fedavg with local-epochs 2
     assert row["paired"] == 2 and row["wins"] == 0
@@ -131,16 +130,16 @@ def test_pairs_only_matching_seeds_and_other_keys(tmp_path: Path) -> None:
 
 
 def test_unused_method_settings_show_a_dash(run_dirs: list[Path]) -> None:
-    runs = compare.load_runs(run_dirs)
+    runs = stats.load_runs(run_dirs)
     by = ["method", "fedgela.temperature"]
-    table = compare.summary_table(runs, by, ["generic_acc"], baseline="fedavg")
+    table = stats.summary_table(runs, by, ["generic_acc"], baseline="fedavg")
     assert list(table.index) == [("fedavg", "-"), ("fedgela", 0.2)]  # fedavg's default 0.1 is not shown
     # the setting fedavg does not use does not prevent pairing
     assert table.loc[("fedgela", 0.2), "generic_acc_paired"] == 3
     text = tables.markdown(tables.comparison(table, ["generic_acc"], "fedavg", 5))
     assert "| fedavg | - |" in text and "| fedgela | 0.2 |" in text
-    assert compare.curve_label(("fedavg", "-"), by) == "fedavg"
-    assert compare.curve_label(("fedgela", 0.2), by) == "fedgela fedgela.temperature=0.2"
+    assert stats.curve_label(("fedavg", "-"), by) == "fedavg"
+    assert stats.curve_label(("fedgela", 0.2), by) == "fedgela fedgela.temperature=0.2"
 
 
 def test_old_run_json_with_strategy_key(tmp_path: Path) -> None:
@@ -152,24 +151,24 @@ def test_old_run_json_with_strategy_key(tmp_path: Path) -> None:
             config = {"strategy": method, "seed": s, "fedgela.temperature": 0.5}  # no method_settings, no seed key
             dirs.append(_write_run(tmp_path, f"old-{method}-{s}", config, metrics))
     dirs.append(_new_run(tmp_path, "fedgela", 0, local_epochs=3))
-    runs = compare.load_runs(dirs)
-    assert compare.views_for("acc", runs) == ("generic_acc", "personal_acc")  # new-only views dropped
-    table = compare.summary_table(runs, ["method", "fedgela.temperature"], ["generic_acc"], baseline="fedavg")
+    runs = stats.load_runs(dirs)
+    assert stats.views_for("acc", runs) == ("generic_acc", "personal_acc")  # new-only views dropped
+    table = stats.summary_table(runs, ["method", "fedgela.temperature"], ["generic_acc"], baseline="fedavg")
     assert list(table.index) == [("fedavg", "-"), ("fedgela", "-"), ("fedgela", 0.2)]
     assert table.loc[("fedgela", "-"), "generic_acc_diff"] == pytest.approx(0.02, abs=1e-12)
     assert table.loc[("fedgela", "-"), "generic_acc_wins"] == 3
-    assert compare.summary_table(runs, ["strategy"], ["generic_acc"]).loc["fedavg", "runs"] == 3
+    assert stats.summary_table(runs, ["strategy"], ["generic_acc"]).loc["fedavg", "runs"] == 3
 
 
 def test_unfinished_run_is_rejected(tmp_path: Path) -> None:
     d = _write_run(tmp_path, "r", {"method": "fedavg"}, {"generic_acc": ROUNDS * 0.1}, status="running")
     with pytest.raises(ValueError, match="did not finish"):
-        compare.load_runs([d])
+        stats.load_runs([d])
 
 
 @pytest.mark.parametrize("band", ["std", "minmax"])
 def test_plot_has_integer_round_ticks(run_dirs: list[Path], tmp_path: Path, band: str) -> None:
-    runs = compare.load_runs(run_dirs)
+    runs = stats.load_runs(run_dirs)
     png = tmp_path / "curves.png"
     fig = figures.plot_curves(runs, ["method"], ["generic_acc", "personal_acc"], png, band=band)
     assert png.stat().st_size > 1000
