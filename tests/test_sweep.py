@@ -203,7 +203,9 @@ def test_a_cut_run_with_a_checkpoint_is_continued_not_redone(
 
     # A cut run whose checkpoint is at its last round cannot be continued: it starts afresh.
     run_dir = out / "runs" / "fedavg_seed0"
-    (run_dir / "run.json").write_text(json.dumps({**runs.run_info(run_dir), "status": "running"}))
+    (run_dir / "run.json").write_text(
+        json.dumps({**json.loads((run_dir / "run.json").read_text()), "status": "running"})
+    )
     _write_checkpoint(run_dir, 2)
     fake_flwr["resumed"] = []
     assert _main(sweep, argv) == 0
@@ -425,8 +427,8 @@ def test_a_run_cut_mid_way_is_continued_from_its_checkpoint(real_sweep: dict[str
     after = pd.read_csv(cut_dir / "metrics.csv")
     assert after["round"].tolist() == [1, 2, 3], second_log
     info = runs.run_info(cut_dir)
-    assert info["status"] == "finished" and len(info["resumes"]) == 1
-    start = info["resumes"][0]["from_round"]
+    assert info is not None and info.status == "finished" and len(info.resumes) == 1
+    start = info.resumes[0]["from_round"]
     assert 1 <= start <= len(written), "continued from a checkpoint written before the kill"
     pd.testing.assert_frame_equal(after.iloc[:start], real_sweep["cut_metrics"].iloc[:start], check_exact=True)
     assert not list((out / "runs").glob("*.incomplete-*")) and _entries(out)[CUT]["resumed"] is True

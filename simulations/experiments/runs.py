@@ -1,11 +1,11 @@
 """Reading one run folder: ``run.json``, ``metrics.csv`` and the checkpoint the app writes there.
 
-Every read of ``run.json`` by the experiment tools goes through :func:`run_info`.
+Every read of ``run.json`` by the experiment tools goes through :func:`run_info` (the app's own reader,
+:class:`simulations.results.RunInfo`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
@@ -13,20 +13,21 @@ from typing import Any
 
 import pandas as pd
 
+from simulations.results import RunInfo, RunInfoError
 
-def run_info(run_dir: Path) -> dict[str, Any] | None:
-    """The content of ``run_dir/run.json``, or None when there is none (or it cannot be read)."""
+
+def run_info(run_dir: Path) -> RunInfo | None:
+    """``run_dir/run.json``, or None when there is none (or it cannot be read)."""
     try:
-        info = json.loads((Path(run_dir) / "run.json").read_text())
-    except (OSError, ValueError):
+        return RunInfo.load(Path(run_dir) / "run.json")
+    except RunInfoError:
         return None
-    return info if isinstance(info, dict) else None
 
 
 def status(run_dir: Path) -> str | None:
     """``run.json``'s status (``running``, ``finished``, ``failed``), None without run.json."""
     info = run_info(run_dir)
-    return None if info is None else str(info.get("status", "running"))
+    return None if info is None else info.status
 
 
 def finished(run_dir: Path) -> bool:
@@ -36,30 +37,32 @@ def finished(run_dir: Path) -> bool:
 
 def config(run_dir: Path) -> dict[str, Any]:
     """The run config ``run.json`` records (empty without one)."""
-    return dict((run_info(run_dir) or {}).get("config", {}))
+    info = run_info(run_dir)
+    return dict(info.config) if info else {}
 
 
 def recorded_error(run_dir: Path) -> str | None:
     """The first line of the error the app wrote into ``run.json`` (when training itself failed)."""
-    error = (run_info(run_dir) or {}).get("error")
-    return str(error).strip().splitlines()[0] if error and str(error).strip() else None
+    info = run_info(run_dir)
+    error = str(info.error).strip() if info else ""
+    return error.splitlines()[0] if error else None
 
 
 def total_seconds(run_dir: Path) -> float | None:
     """The ServerApp's own wall time (``timings.total_seconds``), once the run ended."""
+    info = run_info(run_dir)
     try:
-        return round(float((run_info(run_dir) or {})["timings"]["total_seconds"]), 2)
+        return round(float(info.timings["total_seconds"]), 2) if info else None
     except (KeyError, TypeError, ValueError):
         return None
 
 
 def writer_pid(run_dir: Path) -> int | None:
     """The pid of the process that last wrote ``run.json`` (the ServerApp's), if on this host."""
-    info = run_info(run_dir) or {}
-    pid = info.get("pid")
-    if not pid or info.get("host", platform.node()) != platform.node():
+    info = run_info(run_dir)
+    if info is None or not info.pid or (info.host or platform.node()) != platform.node():
         return None
-    return int(pid)
+    return int(info.pid)
 
 
 def pid_alive(pid: int) -> bool:
@@ -79,7 +82,8 @@ def pid_alive(pid: int) -> bool:
 
 def last_summary(run_dir: Path) -> str:
     """`` (personal_acc 0.93, generic_acc 0.70 last round)`` from ``run.json``'s summary, or ``""``."""
-    summary = (run_info(run_dir) or {}).get("summary", {})
+    info = run_info(run_dir)
+    summary: dict[str, Any] = info.summary if info else {}
     parts = []
     for view in ("personal_acc", "generic_acc"):
         last = summary.get(view, {}).get("last")

@@ -80,7 +80,7 @@ def resumable(run_dir: Path, overrides: dict[str, Value]) -> bool:
     and no process on this host still writes it.
     """
     info = runs.run_info(run_dir)
-    if info is None or info.get("status") == "finished" or not runs.has_checkpoint(run_dir):
+    if info is None or info.status == "finished" or not runs.has_checkpoint(run_dir):
         return False
     if config_mismatch(run_dir, overrides) or runs.config(run_dir).get("output-dir") not in (None, str(run_dir)):
         return False

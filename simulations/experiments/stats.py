@@ -48,21 +48,22 @@ def views_for(metric: str, runs: pd.DataFrame, last_k: int = 5) -> tuple[str, ..
 
 
 def _read_run(d: Path) -> dict[str, Any]:
-    info = run_files.run_info(d) or {}
-    if info.get("status") != "finished":
-        raise ValueError(f"{d / 'run.json'}: run did not finish (status {info.get('status')!r})")
-    config = dict(info.get("config", {}))
+    info = run_files.run_info(d)
+    if info is None or info.status != "finished":
+        status = info.status if info else None
+        raise ValueError(f"{d / 'run.json'}: run did not finish (status {status!r})")
+    config = dict(info.config)
     if "method" not in config and "strategy" in config:  # old runs
         config["method"] = config["strategy"]
     if "strategy" not in config and "method" in config:  # keeps `--by strategy` working on new runs
         config["strategy"] = config["method"]
-    settings = info.get("method_settings") or {}
+    settings = info.method_settings or {}
     # A dotted key is a method setting: shown only where the run's method uses it.
     for key in list(config):
         if "." in key and key not in settings:
             config[key] = NOT_USED
     config.update(settings)
-    config["seed"] = info.get("seed", config.get("seed"))
+    config["seed"] = info.seed if info.seed is not None else config.get("seed")
     return config
 
 
