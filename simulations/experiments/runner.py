@@ -200,9 +200,11 @@ class Runner:
                         break
             except BaseException:
                 self._cut(proc, reader, lines, out, log, progress, t0)
+                self._end_writer(run_dir, stale_pid)
                 raise
             if cut:
                 self._cut(proc, reader, lines, out, log, progress, t0)
+                self._end_writer(run_dir, stale_pid)
             out.returncode = proc.wait()
         out.seconds = time.monotonic() - t0
         out.finished = cut is None and runs.finished(run_dir)
@@ -256,3 +258,21 @@ class Runner:
                 self._consume(ANSI.sub("", raw).rstrip("\n"), out, log, progress, t0)
         if out.run_id:
             self.stop(out.run_id)
+
+    @staticmethod
+    def _end_writer(run_dir: Path, stale_pid: int | None, grace: float = 30.0) -> None:
+        """Wait for the stopped run's ServerApp process (the pid in ``run.json``) to end; terminate it if it
+        is still writing after ``grace`` seconds, so that no process writes the folder once the sweep moves on."""
+        pid = runs.writer_pid(run_dir)
+        if pid is None or pid == stale_pid:
+            return
+        deadline = time.monotonic() + grace
+        while runs.pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        try:
+            ours = b"flwr-simulation" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return
+        if ours and runs.pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
