@@ -84,6 +84,11 @@ def restore_strategy(strategy: Any, state: dict[str, Any]) -> None:
         setattr(strategy, name, _decode(value))
 
 
+def due(server_round: int, every: int, last: int) -> bool:
+    """Whether ``server_round`` ends with a checkpoint: every ``every`` rounds (0: never), and the last."""
+    return every > 0 and (server_round % every == 0 or server_round == last)
+
+
 def save(
     out_dir: Path,
     *,

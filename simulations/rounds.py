@@ -85,7 +85,7 @@ def run_rounds(
         strategy.aggregate_evaluate(rnd, evaluate_replies)
         generic = global_model.evaluate(arrays, rnd)
         row = recorder.add_round(rnd, generic, clients, len(errors), time.time() - began)
-        if cfg.checkpoint_every and (rnd % cfg.checkpoint_every == 0 or rnd == cfg.num_server_rounds):
+        if checkpoint.due(rnd, cfg.checkpoint_every, cfg.num_server_rounds):
             checkpoint.save(
                 recorder.out_dir,
                 server_round=rnd,

@@ -64,3 +64,9 @@ def test_unreadable_or_foreign_checkpoints_are_one_line_errors(tmp_path: Path) -
     torch.save({"format": ["other", 1]}, tmp_path / "checkpoint.pt")
     with pytest.raises(checkpoint.CheckpointError, match="not a fedetf checkpoint"):
         checkpoint.load(tmp_path)
+
+
+def test_checkpoints_come_every_n_rounds_and_at_the_last() -> None:
+    assert [r for r in range(1, 8) if checkpoint.due(r, every=3, last=7)] == [3, 6, 7]
+    assert [r for r in range(1, 5) if checkpoint.due(r, every=1, last=4)] == [1, 2, 3, 4]
+    assert not any(checkpoint.due(r, every=0, last=4) for r in range(1, 5))
