@@ -392,7 +392,8 @@ def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         result["before"] = _entries(out)
         result["cut_metrics"] = pd.read_csv(cut_dir / "metrics.csv")
         result["cut_status"] = runs.status(cut_dir)
-        result["mtimes"] = {n: (out / "runs" / n / "run.json").stat().st_mtime_ns for n in _entries(out) if n != CUT}
+        done = [n for n, r in result["before"].items() if r["status"] == "finished"]
+        result["mtimes"] = {n: (out / "runs" / n / "run.json").stat().st_mtime_ns for n in done}
         second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
         result |= {"second_rc": second.returncode, "second_out": second.stdout, "second_err": second.stderr}
         rep = subprocess.run(
@@ -444,9 +445,9 @@ def test_real_sweep_skips_finished_runs_and_produces_every_artefact(real_sweep: 
     finished = sorted(n for n, r in entries.items() if r["status"] == "finished")
     assert finished == sorted(set(entries) - set(FAILED)), log
     assert "3 of 6 runs finished earlier are skipped" in real_sweep["second_out"], log
+    assert sorted(real_sweep["mtimes"]) == sorted(set(finished) - {CUT}), "finished in the first sweep"
     for name, mtime in real_sweep["mtimes"].items():
-        if name not in FAILED:
-            assert (out / "runs" / name / "run.json").stat().st_mtime_ns == mtime, f"{name} was redone"
+        assert (out / "runs" / name / "run.json").stat().st_mtime_ns == mtime, f"{name} was redone"
     for name in finished:
         assert runs.finished(out / "runs" / name) and (out / "logs" / f"{name}.log").exists()
         assert list(pd.read_csv(out / "runs" / name / "metrics.csv")["round"]) == [1, 2, 3]
