@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from simulations import checkpoint
 from simulations.faults import fails
-from simulations.local import SimulationFailed, default_run_config, run_local
+from simulations.local import default_run_config, run_local
 from simulations.results import RunInfo, run_state
 from tests.inprocess import run_in_process
 from tests.userpkg.hooks import HookLog
@@ -200,9 +200,27 @@ def test_injected_faults_are_counted_and_skipped(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_round_where_every_client_fails_stops_the_run_with_the_first_error(tmp_path: Path) -> None:
+def test_a_round_where_every_client_fails_ends_flwr_run_in_one_error_line(tmp_path: Path) -> None:
+    """Through the real ``flwr run``: no traceback from the clients (they reply with their reason) nor the server."""
+    from tests.flwr_cli import FLWR, flwr_run, isolated_env, stop_local_superlink
+
+    if FLWR is None:
+        pytest.skip("flwr CLI not on PATH")
     out = tmp_path / "allfail"
-    with pytest.raises(SimulationFailed, match="all 4 sampled clients failed"):
-        run_local({**BASE, "fraction-train": 1.0, "fault-rate": 0.999, "output-dir": str(out)})
+    env = isolated_env(tmp_path / "flwr-home")
+    try:
+        log = flwr_run(
+            env,
+            f"fault-rate=0.999 fraction-train=1.0 num-clients=2 num-server-rounds=2 local-epochs=1 output-dir='{out}'",
+            supernodes=2,
+        )
+    finally:
+        stop_local_superlink(env)
+    errors = [line for line in log.splitlines() if line.lstrip().startswith("ERROR")]
+    assert "Traceback" not in log and len(errors) == 1, log[-3000:]
+    assert (
+        "the run stopped: all 2 sampled clients failed in round 1; first error: partition 0: injected fault"
+        in (errors[0])
+    )
     info = RunInfo.load(out)
-    assert info.status == "failed" and "injected fault" in info.error
+    assert info.status == "failed" and info.error in errors[0]
