@@ -27,6 +27,7 @@ from typing import Any
 
 from flwr.common.config import flatten_dict
 
+from simulations.checkpoint import CHECKPOINT
 from simulations.experiments import runs
 from simulations.experiments.plan import run_config_string
 from simulations.experiments.runner import (
@@ -152,10 +153,16 @@ def local_superlink() -> LocalSuperLink:
     return _LINK
 
 
-def _kill_after_round(link: LocalSuperLink, out: Path, rnd: int, flwr: subprocess.Popen[str]) -> bool:
-    """Once ``metrics.csv`` holds round ``rnd``, SIGKILL the ServerApp's process (as a kill would); True if done."""
+def _kill_after_round(
+    link: LocalSuperLink, out: Path, rnd: int, checkpointed: bool, flwr: subprocess.Popen[str]
+) -> bool:
+    """Once ``metrics.csv`` holds round ``rnd`` (and, if ``checkpointed``, the checkpoint the app writes just
+    after that row is there), SIGKILL the ServerApp's process, as a crash would; True if done."""
+    metrics, saved = out / "metrics.csv", out / CHECKPOINT
     while flwr.poll() is None:
-        if runs.rounds_done(out) >= rnd:
+        if runs.rounds_done(out) >= rnd and (
+            not checkpointed or (saved.exists() and saved.stat().st_mtime_ns >= metrics.stat().st_mtime_ns)
+        ):
             pid = runs.writer_pid(out)
             if pid is not None and link.owns(pid):
                 os.kill(pid, signal.SIGKILL)
@@ -185,8 +192,9 @@ def run_local(
     num_cpus, num_gpus
         ``client-resources-num-cpus`` (an integer for Flower) and ``client-resources-num-gpus``.
     stop_after_round
-        Kill the ServerApp's process once that round is in ``metrics.csv`` (for tests of resume), as a
-        crash would: the run's files stay as they are and no error is raised.
+        Kill the ServerApp's process once that round is in ``metrics.csv`` and its checkpoint, if one is
+        due, is written (for tests of resume), as a crash would: the run's files stay as they are and no
+        error is raised. The kill is not synchronised with the rounds: the next one may have begun.
     timeout
         Seconds before the run counts as failed.
 
@@ -199,7 +207,8 @@ def run_local(
         raise ValueError("run_local needs an output-dir in overrides (where it reads the run's results)")
     overrides = {**overrides, "output-dir": str(Path(str(overrides["output-dir"])).resolve())}
     out = Path(overrides["output-dir"])
-    nodes = num_supernodes or int({**default_run_config(), **overrides}["num-clients"])
+    config = {**default_run_config(), **overrides}
+    nodes = num_supernodes or int(config["num-clients"])
     federation = f"num-supernodes={nodes} client-resources-num-cpus={max(int(num_cpus), 1)}"
     federation += f" client-resources-num-gpus={num_gpus}" if num_gpus else ""
     link = local_superlink()
@@ -210,7 +219,11 @@ def run_local(
         killed = timed_out = False
         try:
             if stop_after_round is not None:
-                killed = _kill_after_round(link, out, stop_after_round, flwr)
+                every = int(config["checkpoint-every"])
+                due = every > 0 and (
+                    stop_after_round % every == 0 or stop_after_round == int(config["num-server-rounds"])
+                )
+                killed = _kill_after_round(link, out, stop_after_round, due, flwr)
             if killed:  # `flwr run --stream` would wait for the SuperLink to notice; the run is over
                 flwr.terminate()
             flwr.wait(timeout=timeout)

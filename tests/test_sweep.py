@@ -349,7 +349,7 @@ SWEEP_ARGS = [
     "--set", "dataset=digits", "--set", "num-clients=4", "--set", "num-server-rounds=3", "--set", "local-epochs=1",
     "--grid", "fedgela.temperature=0.2,-1.0", "--no-progress",
 ]  # fmt: skip
-CUT = "fedavg_seed0"  # the first run: its ServerApp is killed once round 1 is in metrics.csv
+CUT = "fedavg_seed0"  # the first run: its ServerApp is killed once round 1 is in metrics.csv (and checkpointed)
 FAILED = ["fedgela_temperature=-1.0_seed0", "fedgela_temperature=-1.0_seed1"]
 
 
@@ -369,8 +369,8 @@ def _cmdline(pid: int) -> str:
 
 @pytest.fixture(scope="module")
 def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Start the sweep; once its first run has round 1 in metrics.csv, SIGKILL that run's ServerApp process
-    (the pid its run.json records); let the sweep go on, then rerun it and build the report."""
+    """Start the sweep; once its first run has round 1 in metrics.csv and a checkpoint, SIGKILL that run's
+    ServerApp process (the pid its run.json records); let the sweep go on, then rerun it and build the report."""
     tmp = tmp_path_factory.mktemp("sweep")
     out = tmp / "sweep"
     env = isolated_env(tmp / "flwr-home")
@@ -382,7 +382,9 @@ def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         killed = None
         while first.poll() is None and killed is None:
             pid = runs.writer_pid(cut_dir)
-            if runs.rounds_done(cut_dir) >= 1 and pid and runs.status(cut_dir) == "running":
+            # Round 1 is in metrics.csv and its checkpoint (written just after the row) is there: kill.
+            ready = runs.rounds_done(cut_dir) >= 1 and (cut_dir / checkpoint.CHECKPOINT).exists()
+            if ready and pid and runs.status(cut_dir) == "running":
                 assert "flwr-simulation" in _cmdline(pid), _cmdline(pid)
                 os.kill(pid, signal.SIGKILL)
                 killed = pid
