@@ -180,7 +180,7 @@ def client_round(
     method.load(model, shared, initial, rnd.state, rnd.received)
     model.to(device)
     method.begin(model, rnd)
-    before = evaluate(model, test_loader, personal=True, device=device)
+    before = evaluate(method.before_view(model, rnd), test_loader, personal=True, device=device)
     loss, steps = train_local(model, method, train_loader, settings, device)
     out = {k: v.detach().cpu().clone() for k, v in method.shared_state(model).items()}  # not the live model's
     for k, v in out.items():

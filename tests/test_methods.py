@@ -258,3 +258,19 @@ def test_fedlc_with_tau_zero_is_plain_cross_entropy() -> None:
     model.eval()
     x, y = _batch()
     torch.testing.assert_close(method.loss(model, x, y), F.cross_entropy(model(x), y))
+
+
+def test_ditto_personal_view_before_training_is_the_stored_personal_model() -> None:
+    from fedetf.methods.ditto import PERSONAL_PREFIX, Ditto
+
+    method = Ditto(SPEC)
+    model = method.build_model()
+    init = initial_state(model)
+    stored = {PERSONAL_PREFIX + k: v + 0.5 if v.is_floating_point() else v for k, v in init.items()}
+    method.load(model, method.shared_state(model), init, stored)
+    rnd = ClientRound(COUNTS, state=stored)
+    method.begin(model, rnd)
+    view = method.before_view(model, rnd)
+    assert view is not model
+    torch.testing.assert_close(view.classifier.fc.weight, init["classifier.fc.weight"] + 0.5)
+    torch.testing.assert_close(model.classifier.fc.weight, init["classifier.fc.weight"])

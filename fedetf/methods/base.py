@@ -11,7 +11,8 @@ One client round, as run by :func:`fedetf.train.client_round`:
    personal weights (from its per-client state) and the fixed weights into the model;
 2. :meth:`LocalMethod.begin` adapts the model to the client (label counts,
    anchors, copies of the received model);
-3. training runs :meth:`LocalMethod.phases` (each with its own parameters, epochs
+3. the personal view before training is evaluated on :meth:`LocalMethod.before_view`;
+   training runs :meth:`LocalMethod.phases` (each with its own parameters, epochs
    and lr), calling :meth:`LocalMethod.loss` and :meth:`LocalMethod.before_step`;
 4. :meth:`LocalMethod.end` returns extra named records for the server
    (control variates, class statistics) and updates the per-client state;
@@ -128,7 +129,9 @@ class LocalMethod:
     * ``personal_prefixes``: the subset of those kept in the client's state
       between rounds (a personal head); the rest are restored from the seeded
       initial model every round;
-    * ``server``: the registry name of the default server strategy.
+    * ``server``: for a user's method, its server strategy (a Flower strategy name or
+      ``"package.module:ClassName"``); built-in methods are paired with their server
+      classes in :mod:`strategies.registry`.
     """
 
     name: ClassVar[str] = "fedavg"
@@ -231,6 +234,11 @@ class LocalMethod:
     # -- the round's hooks ---------------------------------------------------
     def begin(self, model: FedModel, rnd: ClientRound) -> None:
         """Adapt the loaded model to this client before local training (no-op for FedAvg)."""
+
+    def before_view(self, model: FedModel, rnd: ClientRound) -> FedModel:
+        """The client's personal model before local training (its personal view of the received model):
+        ``model`` itself, or a model of the client's own kept in its state (e.g. Ditto's)."""
+        return model
 
     def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
         return (p for p in model.parameters() if p.requires_grad)

@@ -64,6 +64,16 @@ class Ditto(LocalMethod):
         self._personal: FedModel | None = None
         self._base = TrainSettings()
 
+    def _stored(self, model: FedModel, state: Mapping[str, torch.Tensor]) -> FedModel:
+        """A copy of ``model`` holding the client's personal model (the initial model before its first round)."""
+        personal = copy.deepcopy(model)
+        own = {k.removeprefix(PERSONAL_PREFIX): v for k, v in state.items() if k.startswith(PERSONAL_PREFIX)}
+        personal.load_state_dict(own or self._initial)
+        return personal
+
+    def before_view(self, model: FedModel, rnd: ClientRound) -> FedModel:
+        return self._stored(model, rnd.state)
+
     def phases(self, model: FedModel, base: TrainSettings) -> list[Phase]:
         self._base = base
         return super().phases(model, base)
@@ -71,9 +81,7 @@ class Ditto(LocalMethod):
     def end(self, model: FedModel, rnd: ClientRound, steps: int) -> dict[str, Tensors]:
         from fedetf.train import run_phases  # local import: train imports methods
 
-        personal = copy.deepcopy(model)
-        own = {k.removeprefix(PERSONAL_PREFIX): v for k, v in rnd.state.items() if k.startswith(PERSONAL_PREFIX)}
-        personal.load_state_dict(own or self._initial)
+        personal = self._stored(model, rnd.state)
         base = self._base
         epochs = self.settings.personal_epochs or base.epochs
         plain = replace(base, momentum=0.0, weight_decay=0.0, clip_grad_norm=float("inf"))

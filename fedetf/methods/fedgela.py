@@ -108,8 +108,8 @@ class FedGELA(LocalMethod):
 
     def load(self, model, shared, initial, state, received=None) -> None:  # type: ignore[no-untyped-def]
         super().load(model, shared, initial, state, received)
-        if received and "fedgela.etf" in received:  # the server's nearest-ETF rotation
-            model.classifier.etf.copy_(received["fedgela.etf"]["etf"])
+        if received and ETF_KEY in received:  # the server's nearest-ETF rotation
+            model.classifier.etf.copy_(received[ETF_KEY]["etf"])
 
     def begin(self, model: FedModel, rnd: ClientRound) -> None:
         head = model.classifier
@@ -137,7 +137,7 @@ class FedGELA(LocalMethod):
         if not self.settings.nearest_etf:
             return {}
         sums, counts = class_feature_sums(model, rnd.train_loader, len(rnd.label_counts), rnd.device)
-        return {"fedgela.class_stats": {"sums": sums, "counts": counts}}
+        return {CLASS_STATS_KEY: {"sums": sums, "counts": counts}}
 
     def server_kwargs(self) -> dict[str, Any]:
         s = self.settings
