@@ -272,7 +272,7 @@ def seeds_note(table: pd.DataFrame) -> str:
     """One line: ``mean ± std over N seeds`` (N per group where groups differ)."""
     counts = sorted(set(table["runs"].astype(int)))
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-    return f"mean ± std over {n} seeds (ddof=0; runs per group in column runs), in %"
+    return f"mean ± std over {n} seeds (ddof=0; runs per group in column seeds), in %"
 
 
 def curve_label(key: tuple[Any, ...], by: Sequence[str]) -> str:
