@@ -151,6 +151,6 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     dev = device(cfg)
     model.to(dev)
     method.begin(model, rnd)
-    res = evaluate(model, test_loader, personal=True, device=dev)
+    res = evaluate(method.before_view(model, rnd), test_loader, personal=True, device=dev)
     metrics = {"num-examples": res.num_examples, "personal-acc": res.acc, "personal-bacc": res.bacc}
     return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)

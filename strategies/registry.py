@@ -186,6 +186,7 @@ def build_strategy(
         "min_evaluate_nodes": 0,
         "min_available_nodes": num_clients,
         "weighted_by_key": weighted_by_key,
+        "train_loss_key": "train-loss",  # QFedAvg's fairness weights read the clients' training loss
         **(method_kwargs or {}),
     }
     kwargs = {k: v for k, v in base.items() if ok is None or k in ok}
