@@ -224,12 +224,12 @@ def test_per_client_state_is_isolated_and_persists(tmp_path: Path) -> None:
 
 
 @slow
-def test_readme_method_example_runs_by_import_path(tmp_path: Path) -> None:
+def test_documented_method_example_runs_by_import_path(tmp_path: Path) -> None:
     from tests.userpkg import feddecorr
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    page = (Path(__file__).resolve().parent.parent / "docs" / "methods.md").read_text()
     source = Path(feddecorr.__file__).read_text()
-    assert f"```python\n{source}```" in readme  # the README shows exactly the tested file
+    assert f"```python\n{source}```" in page  # the methods page shows exactly the tested file
     out = _run(
         tmp_path,
         "decorr",
