@@ -83,7 +83,7 @@ def _ancestors(pid: int) -> list[int]:
 
 
 class LocalSuperLink:
-    """A SuperLink in simulation mode on 127.0.0.1, started as ``flwr run`` starts its local one, on free ports.
+    """A SuperLink in simulation mode on 127.0.0.1, started as ``flwr run`` starts its local one, on a free port.
 
     ``env`` points ``flwr`` at it (``FLWR_LOCAL_*_PORT``) and runs the app in this environment. Its
     SuperExec and simulation processes end with it.
@@ -95,13 +95,12 @@ class LocalSuperLink:
         self.env = {
             **environment(),
             "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http),
-            "FLWR_LOCAL_CONTROL_API_PORT": str(control),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(control),  # unused by this SuperLink; keeps flwr off the defaults
         }
         self.health = f"http://127.0.0.1:{http}/health"
         log = self.folder / "superlink.log"
         command = ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess"]
-        command += ["--control-api-address", f"127.0.0.1:{control}", "--host", "127.0.0.1", "--port", str(http)]
-        command += ["--log-file", str(log)]
+        command += ["--host", "127.0.0.1", "--port", str(http), "--log-file", str(log)]  # one port serves every API
         self.proc = subprocess.Popen(
             command,
             env=self.env,
