@@ -1,0 +1,153 @@
+"""Every method, FedGELA's variants and local-only training on one setting, over seeds: the comparison table.
+
+Each row of the table is one ``fedetf-sweep`` (real ``flwr run`` simulations, resumable: rerun the same
+command to continue a cut run from its checkpoint or to add seeds). Every row runs the same data,
+split, seeds, initialisation, rounds and shared optimiser settings; no method is tuned. The table
+gives, per row, the mean over seeds of each run's mean of its last 5 rounds (mean ± std over seeds)
+for the generic and personal views, the difference to FedAvg paired by seed (mean ± std, seeds
+won / seeds paired), and the best round (mean over seeds of each run's best round) apart.
+
+    python benchmarks/comparison.py --setting digits --seeds 0-4 --out runs/comparison
+    python benchmarks/comparison.py --setting mnist5k-authors --seeds 0-2 --out runs/comparison  # .[bench]
+    python benchmarks/comparison.py --setting digits --out runs/comparison --table-only --markdown table.md
+
+``--rows`` picks rows by name; ``--app DIR`` runs another checkout of the app (e.g. an older
+commit, to measure what a fix changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from simulations.experiments.plan import toml_value
+from simulations.experiments.stats import load_runs, summary_table
+from strategies.registry import METHODS
+
+#: FedGELA's principled variants, each one setting away from the authors' release.
+VARIANTS: dict[str, dict[str, object]] = {
+    "fedgela-T1e-5": {"fedgela.temperature": 1e-5},  # the authors' README example
+    "v1-normalized": {"fedgela.features": "normalized"},
+    "v2-additive": {"fedgela.prior": "additive"},
+    "v3-softmask": {"fedgela.missing-alpha": 0.5},
+    "v4-distill": {"fedgela.distill": 0.1},
+    "v5-nearest-etf": {"fedgela.nearest-etf": True},
+    "v6-d=K": {"feature-dim": 10},
+}
+#: Table rows: name -> (method, its overrides). FedAvg first (the baseline), local-only last.
+ROWS: dict[str, tuple[str, dict[str, object]]] = {
+    **{m: (m, {}) for m in METHODS if m != "local"},
+    **{name: ("fedgela", overrides) for name, overrides in VARIANTS.items()},
+    "local": ("local", {}),
+}
+AUTHORS = {
+    "model": "simple-cnn",
+    "feature-dim": 84,
+    "normalize": False,
+    "pcdd-assignment": "sequential",
+    "drop-last": True,
+    "aggregation-weight": "batches",
+}
+#: Settings: the shared run config of every row.
+SETTINGS: dict[str, dict[str, object]] = {
+    "digits": {"dataset": "digits", "model": "cnn", "partition": "pcdd", "classes-per-client": 3},
+    "mnist5k-authors": {"dataset": "mnist-5k", "partition": "pcdd", "classes-per-client": 3, **AUTHORS},
+}
+COMMON = {"num-clients": 10, "num-server-rounds": 20, "local-epochs": 10}
+VIEWS = ("generic_acc", "personal_acc_before", "personal_acc")
+
+
+def seeds(text: str) -> list[int]:
+    """``0-4`` or ``0,2,3``."""
+    if "-" in text:
+        lo, hi = text.split("-")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def run_row(name: str, setting: str, seed_list: list[int], out: Path, app: Path | None) -> int:
+    """One row's sweep (it skips finished runs and continues cut ones); its exit status."""
+    method, overrides = ROWS[name]
+    config = {**SETTINGS[setting], **COMMON, **overrides}
+    cmd = [sys.executable, "-m", "simulations.experiments.sweep", "--methods", method, "--no-progress"]
+    cmd += ["--seeds", *map(str, seed_list), "--out", str(out / setting / name)]
+    for key, value in config.items():
+        cmd += ["--set", f"{key}={toml_value(value)}"]
+    if app is not None:
+        cmd += ["--app", str(app)]
+    print(f"== {setting} / {name}", flush=True)
+    return subprocess.run(cmd, env=os.environ.copy(), check=False).returncode
+
+
+def table(out: Path, setting: str, last_k: int = 5) -> pd.DataFrame:
+    """The comparison table of every finished run under ``out/setting``."""
+    dirs = [d for d in sorted((out / setting).glob("*/runs/*")) if (d / "metrics.csv").is_file()]
+    runs = load_runs(dirs, last_k=last_k)
+    runs = runs[runs["run_dir"].map(lambda d: "incomplete" not in Path(d).name)]
+    runs["method"] = [Path(d).parent.parent.name for d in runs["run_dir"]]  # the row name
+    summary = summary_table(runs, ["method"], VIEWS, last_k=last_k, baseline="fedavg")
+    order = [r for r in ROWS if r in summary.index] + [r for r in summary.index if r not in ROWS]
+    summary = summary.reindex(order)
+    cols: dict[str, list[str]] = {"row": [], "seeds": []}
+    for row, r in summary.iterrows():
+        cols["row"].append(str(row))
+        cols["seeds"].append(str(int(r["runs"])))
+        for v in VIEWS:
+            mean, std = r[f"{v}_last{last_k}"], r[f"{v}_last{last_k}_std"]
+            cols.setdefault(f"{v} (last {last_k})", []).append("n/a" if pd.isna(mean) else _pct(mean, std))
+        for v in VIEWS:
+            d = r.get(f"{v}_diff")
+            cell = ""
+            if d is not None and not pd.isna(d):
+                cell = f"{100 * d:+.1f} ± {100 * r[f'{v}_diff_std']:.1f} ({r[f'{v}_wins']}/{r[f'{v}_paired']})"
+            elif row != "fedavg":
+                cell = "n/a"
+            cols.setdefault(f"{v} - fedavg", []).append(cell)
+        for v in ("generic_acc", "personal_acc"):
+            mean = r[f"{v}_best"]
+            cols.setdefault(f"{v} (best round)", []).append("n/a" if pd.isna(mean) else _pct(mean, r[f"{v}_best_std"]))
+    return pd.DataFrame(cols)
+
+
+def _pct(mean: float, std: float) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    return head + "\n".join("| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setting", choices=list(SETTINGS), required=True)
+    parser.add_argument("--seeds", type=seeds, default=seeds("0-4"), help="e.g. 0-4 or 0,1,2")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--app", type=Path, help="the Flower app folder to run (default: this project)")
+    parser.add_argument("--table-only", action="store_true", help="build the table from finished runs only")
+    parser.add_argument("--markdown", type=Path, help="also write the table here")
+    args = parser.parse_args()
+    failed = []
+    if not args.table_only:
+        for seed in args.seeds:  # seed by seed: a cut comparison already holds paired results
+            for name in args.rows:
+                if run_row(name, args.setting, [seed], args.out, args.app):
+                    failed.append(f"{name} seed {seed}")
+    md = markdown(table(args.out, args.setting))
+    print(f"\n{args.setting}: mean of the last 5 rounds, in %, mean ± std over seeds; paired with FedAvg by seed\n")
+    print(md)
+    if args.markdown:
+        args.markdown.write_text(md + "\n")
+    if failed:
+        print(f"failed: {failed}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
