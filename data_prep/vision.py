@@ -95,6 +95,22 @@ def _expected_files(name: str, root: Path) -> tuple[Path | None, list[tuple[Path
     return None, [(root / cls.split_list[s][1], cls.split_list[s][2]) for s in ("train", "test")]
 
 
+def idx_problem(path: Path) -> str | None:
+    """Why an IDX file (MNIST's format: magic ``0 0 type ndim``, then ``ndim`` big-endian sizes, then the
+    data) is not whole, or None. Truncated or padded files fail the size its header declares."""
+    sizes = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in sizes:
+            return "has no IDX header"
+        dims = f.read(4 * head[3])
+    if len(dims) < 4 * head[3]:
+        return "has a cut IDX header"
+    want = 4 + len(dims) + sizes[head[2]] * int(np.prod(np.frombuffer(dims, dtype=">u4"), dtype=np.int64))
+    have = path.stat().st_size
+    return None if have == want else f"has {have} bytes, its IDX header declares {want}"
+
+
 def _diagnose(name: str, root: Path, error: Exception) -> str:
     """One line: which files are missing or corrupted, and how to fetch them."""
     from torchvision.datasets.utils import check_integrity
@@ -105,6 +121,10 @@ def _diagnose(name: str, root: Path, error: Exception) -> str:
     if missing:
         looked = str(folder) if folder is not None and not folder.is_dir() else ", ".join(missing)
         return f"dataset {name!r} not found in {root} (looked for {looked}); fetch it with: {hint}"
+    if name in ("mnist", "fmnist"):
+        for p, _ in files:
+            if problem := idx_problem(p):
+                return f"dataset {name!r}: {p} {problem} (truncated or damaged); fetch it again with: {hint}"
     bad = [str(p) for p, md5 in files if md5 is not None and not check_integrity(str(p), md5)]
     if bad:
         return f"dataset {name!r} in {root} is corrupted (md5 mismatch: {', '.join(bad)}); fetch it again with: {hint}"
@@ -126,9 +146,9 @@ def decode(name: str, root: Path, download: bool) -> dict[str, np.ndarray]:
                 x, y = ds.data, ds.targets
                 # MNIST: uint8 tensor N x H x W; CIFAR: uint8 array N x H x W x C.
                 x = x.numpy()[:, None] if name in ("mnist", "fmnist") else x.transpose(0, 3, 1, 2)
-        except RuntimeError as e:
-            if "not found" not in str(e):
-                raise
+        except (RuntimeError, AssertionError, ValueError, OSError, EOFError) as e:  # missing, or a damaged file
+            if download and isinstance(e, RuntimeError) and "not found" not in str(e):
+                raise  # the download itself failed: its own message says why
             raise DatasetMissingError(_diagnose(name, root, e)) from e
         x = np.ascontiguousarray(x, dtype=np.uint8)
         y = np.asarray(y, dtype=np.int64).reshape(-1)

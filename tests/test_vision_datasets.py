@@ -484,3 +484,18 @@ def test_module_entry_point_runs_without_runtime_warning() -> None:
     )
     assert res.returncode == 0 and res.stdout.startswith("usage: python -m data_prep.vision"), res.stderr
     assert "RuntimeWarning" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("name", ["mnist", "fmnist"])
+@pytest.mark.parametrize("file", ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+def test_truncated_idx_file_is_named_with_the_fix(
+    name: str, file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    WRITERS[name](tmp_path, monkeypatch)
+    path = next(tmp_path.rglob(file))
+    _truncate(path)
+    with pytest.raises(vision.DatasetMissingError) as err:
+        _load(name, tmp_path)
+    msg = str(err.value)
+    assert str(path) in msg and "IDX header" in msg and "truncated or damaged" in msg and "\n" not in msg
+    assert f"python -m data_prep.vision {name} --root {tmp_path}" in msg
