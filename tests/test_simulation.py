@@ -13,7 +13,7 @@ import pytest
 
 from simulations.local import run_local
 from simulations.results import CLIENT_COLUMNS, METRIC_COLUMNS, RunInfo
-from strategies.registry import resolve_method
+from strategies.registry import METHODS, resolve_method
 from tests.inprocess import run_in_process
 
 slow = pytest.mark.slow
@@ -139,16 +139,17 @@ def test_report_table_and_curves(runs: dict[str, Path], tmp_path: Path, capsys: 
 
 
 METHOD_RUNS = {
+    "fedavg": {},
     "fedprox": {"fedprox.mu": 0.1},
     "fedlc": {},
     "fedrs": {},
     "scaffold": {},
     "moon": {},
-    "fedbabu": {},
+    "fedbabu": {"fedbabu.finetune-epochs": 1},
     "fedper": {},
     "fedrep": {},
     "fedrod": {"diagnostics": True},
-    "fedetf": {"fedetf.scale": 10.0},
+    "fedetf": {"fedetf.scale": 10.0, "fedetf.finetune-cycles": 1},
     "fedgela-normalized-nearest": {"fedgela.features": "normalized", "fedgela.nearest-etf": True},
     "fedgela-softmask-distill-dK": {"fedgela.missing-alpha": 0.5, "fedgela.distill": 0.1, "feature-dim": 10},
     "fedgela-additive": {"fedgela.prior": "additive", "diagnostics": True},
@@ -160,11 +161,23 @@ METHOD_RUNS = {
 }
 
 
-@slow
+def _run_in_process(tmp: Path, name: str, **overrides: object) -> Path:
+    out = tmp / name
+    outcome = run_in_process({**FAST, **overrides, "output-dir": str(out)})
+    assert outcome.exit is None, outcome.errors
+    return out
+
+
+def test_every_registered_method_has_an_end_to_end_run() -> None:
+    assert {name.split("-")[0] for name in METHOD_RUNS} >= set(METHODS)
+
+
 @pytest.mark.parametrize("name", list(METHOD_RUNS))
 def test_every_method_runs_end_to_end(tmp_path: Path, name: str) -> None:
+    """The real ServerApp and ClientApp, each client with its own Context, in this process (the Ray engine's
+    runs are above and in test_resume_faults)."""
     method = name.split("-")[0]
-    out = _run(tmp_path, name, method=method, **{"local-epochs": 1, "num-clients": 4}, **METHOD_RUNS[name])
+    out = _run_in_process(tmp_path, name, method=method, **{"local-epochs": 1, "num-clients": 4}, **METHOD_RUNS[name])
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "finished" and info["method"] == method
     for key, value in METHOD_RUNS[name].items():
@@ -223,14 +236,13 @@ def test_per_client_state_is_isolated_and_persists(tmp_path: Path) -> None:
             previous = x["round"]
 
 
-@slow
 def test_documented_method_example_runs_by_import_path(tmp_path: Path) -> None:
     from tests.userpkg import feddecorr
 
     page = (Path(__file__).resolve().parent.parent / "docs" / "methods.md").read_text()
     source = Path(feddecorr.__file__).read_text()
     assert f"```python\n{source}```" in page  # the methods page shows exactly the tested file
-    out = _run(
+    out = _run_in_process(
         tmp_path,
         "decorr",
         method="tests.userpkg.feddecorr:FedDecorr",
