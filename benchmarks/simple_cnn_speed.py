@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from fedgela_variants import AUTHORS  # benchmarks/ is on sys.path when run as a script
+from comparison import AUTHORS  # benchmarks/ is on sys.path when run as a script
 
 from data_prep.federated import load_federation
 from fedetf.methods import ClientRound, TrainSettings
