@@ -58,7 +58,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -316,60 +315,6 @@ def launch(
 # -- the in-process Grid -----------------------------------------------------------------------------
 
 
-def _inline_grid_class() -> type:
-    from flwr.app import Context, Message, RecordDict
-    from flwr.serverapp import Grid
-    from flwr.supercore.run import Run
-
-    class InlineGrid(Grid):
-        """A Grid whose nodes live in this process: each message is handed to the ClientApp at once."""
-
-        def __init__(self, client_app: Any, run_config: dict[str, Any], num_nodes: int) -> None:
-            self.app = client_app
-            self._run = Run.create_empty(1)
-            self.contexts = {
-                1000 + i: Context(
-                    run_id=1,
-                    node_id=1000 + i,
-                    node_config={"partition-id": i, "num-partitions": num_nodes},
-                    state=RecordDict(),
-                    run_config=dict(run_config),
-                )
-                for i in range(num_nodes)
-            }
-            self.replies: dict[str, Message] = {}
-
-        def set_run(self, run: Any) -> None:
-            self._run = run
-
-        @property
-        def run(self) -> Any:
-            return self._run
-
-        def create_message(self, content: Any, message_type: str, dst_node_id: int, group_id: str, ttl: Any = None):
-            return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
-
-        def get_node_ids(self) -> Iterable[int]:
-            return list(self.contexts)
-
-        def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-            ids = []
-            for msg in messages:
-                mid = str(uuid.uuid4())
-                msg.metadata.__dict__["_message_id"] = mid
-                self.replies[mid] = self.app(msg, self.contexts[msg.metadata.dst_node_id])
-                ids.append(mid)
-            return ids
-
-        def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-            return [self.replies.pop(m) for m in message_ids if m in self.replies]
-
-        def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-            return self.pull_messages(self.push_messages(messages))
-
-    return InlineGrid
-
-
 def client_work(overrides: dict[str, Any], server_round: int = 1) -> Callable[[Iterable[int]], float]:
     """Build the run's data, method and model once; return a timer of ``clients``' rounds
     (``fedetf.train.client_round``: local training and personal evaluation) in this process."""
@@ -462,7 +407,9 @@ def _child(spec: dict[str, Any]) -> None:
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # what Flower sets per process
 
     run_config = {**default_run_config(), **overrides}
-    grid = _inline_grid_class()(client_app.app, run_config, int(run_config["num-clients"]))
+    from simulations.grid import InProcessGrid
+
+    grid = InProcessGrid(client_app.app, run_config, int(run_config["num-clients"]))
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
     server_app.main(grid, context)
 
