@@ -1,4 +1,5 @@
-"""Fed-ISIC2019 training on a fake prepared cache: loader, natural clients, and 1 round through Flower."""
+"""Fed-ISIC2019 training on a fake prepared cache: loader, natural clients, and 1 round of the Flower app (its
+ServerApp on in-process ClientApp nodes: nothing ISIC-specific depends on the engine)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from benchmarks.isic_fakes import FakeIsic, make_fake_isic
 from data_prep.datasets import CorruptCacheError, DatasetMissingError
 from data_prep.federated import load_federation
 from data_prep.isic2019 import prepare
 from data_prep.isic_data import IsicImages, read_image
 from data_prep.isic_transforms import isic_train_transform
 from simulations.config import ConfigError, parse_run_config
-from simulations.local import run_local
-from tests.isic_fakes import FakeIsic, make_fake_isic
+from tests.inprocess import run_in_process
 
 PREP_ARGS = (
     "--images ISIC_2019_Training_Input.zip --metadata ISIC_2019_Training_Metadata.csv "
@@ -41,6 +42,15 @@ def _prepare(fake: FakeIsic, out: Path) -> None:
 @pytest.fixture(scope="module")
 def data_root(fake: FakeIsic, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("isic") / "data"
+    _prepare(fake, root / "fed-isic2019")
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache of 3 images per centre (2 train, 1 test): efficientnet_b0 at 200x200 on the CPU costs per image."""
+    fake = make_fake_isic(tmp_path_factory.mktemp("isic-raw-small"), per_centre=3, size=(96, 72))
+    root = tmp_path_factory.mktemp("isic-small") / "data"
     _prepare(fake, root / "fed-isic2019")
     return root
 
@@ -178,22 +188,27 @@ def test_damaged_manifest_and_index_are_named(copy_root: Path) -> None:
     assert "manifest.json is unreadable (" in _one_line_with_the_fix(err, manifest, cache)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fedgela", "fedavg"])
-def test_one_round_through_flower(data_root: Path, tmp_path: Path, method: str) -> None:
+def test_one_round_through_flower(small_root: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / method
-    run_local(
-        {
-            "dataset": "fed-isic2019",
-            "data-root": str(data_root),
-            "num-clients": 6,
-            "method": method,
-            "num-server-rounds": 1,
-            "local-epochs": 1,
-            "batch-size": 8,
-            "output-dir": str(out),
-        }
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a Ray actor of client-resources-num-cpus=1 (on a busy machine, 3x faster)
+    try:
+        outcome = run_in_process(
+            {
+                "dataset": "fed-isic2019",
+                "data-root": str(small_root),
+                "num-clients": 6,
+                "method": method,
+                "num-server-rounds": 1,
+                "local-epochs": 1,
+                "batch-size": 8,
+                "output-dir": str(out),
+            }
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert outcome.exit is None and not outcome.errors, outcome.lines[-20:]
     metrics = pd.read_csv(out / "metrics.csv")
     assert len(metrics) == 1 and metrics["generic_bacc"].between(0, 1).all()
     clients = pd.read_csv(out / "clients.csv")
