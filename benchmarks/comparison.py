@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from simulations.experiments.plan import toml_value
+from simulations.experiments.runs import finished
 from simulations.experiments.stats import load_runs, summary_table
 from strategies.registry import METHODS
 
@@ -86,9 +87,8 @@ def run_row(name: str, setting: str, seed_list: list[int], out: Path, app: Path 
 
 def table(out: Path, setting: str, last_k: int = 5) -> pd.DataFrame:
     """The comparison table of every finished run under ``out/setting``."""
-    dirs = [d for d in sorted((out / setting).glob("*/runs/*")) if (d / "metrics.csv").is_file()]
+    dirs = [d for d in sorted((out / setting).glob("*/runs/*")) if finished(d)]
     runs = load_runs(dirs, last_k=last_k)
-    runs = runs[runs["run_dir"].map(lambda d: "incomplete" not in Path(d).name)]
     runs["method"] = [Path(d).parent.parent.name for d in runs["run_dir"]]  # the row name
     summary = summary_table(runs, ["method"], VIEWS, last_k=last_k, baseline="fedavg")
     order = [r for r in ROWS if r in summary.index] + [r for r in summary.index if r not in ROWS]
