@@ -3,7 +3,11 @@
 Every test starts real ``flwr`` / ``flower-*`` / ``ray`` processes and stops
 exactly the ones it started (by process id and their process trees; never
 ``ray stop``, which stops every Ray on the machine). They are slow (about a
-minute each on 2 cores) and marked ``slow``.
+minute each on 2 cores) and marked ``slow``. Simulations go to this test
+process's local SuperLink (:func:`simulations.local.local_superlink`) unless
+its environment must differ (the Ray cluster's address); the two deployment
+tests read one deployment's run, compared with the same run config on
+in-process nodes.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -30,7 +35,9 @@ from benchmarks.placement_probe import read_log
 from benchmarks.processes import free_port as _free_port
 from benchmarks.processes import stop_tree
 from benchmarks.processes import superlink_pids as _superlink_on
+from simulations.local import local_superlink
 from tests.flwr_cli import isolated_env
+from tests.inprocess import run_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -98,14 +105,12 @@ def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 @needs_flwr
 def test_logical_gpus_give_four_actors_each_on_its_ray_gpu(tmp_path: Path) -> None:
     """2 logical GPUs, 0.5 GPU per client: 4 actors, two per GPU id; each reads the GPU id Ray gave it."""
-    env = _env(tmp_path / "flwr-home")
     logs = tmp_path / "probe"
     logs.mkdir()
     fed = "num-supernodes=4 init-args-num-gpus=2 init-args-num-cpus=4 client-resources-num-cpus=1"
     fed += " client-resources-num-gpus=0.5"
     run = _probe_config(logs, f"num-clients=4 num-server-rounds=2 local-epochs=8 output-dir='{tmp_path / 'out'}'")
-    with _local_superlink_stopped(env):
-        log = _flwr_run(env, "--stream", "--federation-config", fed, "--run-config", run)
+    log = _flwr_run(local_superlink().env, "--stream", "--federation-config", fed, "--run-config", run)
     lines = read_log(logs)
     assert len(lines) == 8, log[-3000:]
     cuda = torch.cuda.is_available()
@@ -267,33 +272,6 @@ def _results(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return metrics, pd.read_csv(out / "clients.csv")
 
 
-RUN = "num-clients=2 num-server-rounds=2 local-epochs=1 seed=3"
-
-
-@needs_flwr
-def test_deployment_engine_on_loopback_equals_the_simulation(tmp_path: Path) -> None:
-    """One SuperNode per partition: the results files equal a simulation's for the same seed."""
-    env = _env(tmp_path / "flwr-home")
-    dep, sim = tmp_path / "deployment", tmp_path / "simulation"
-    with _deployment(tmp_path, env, num_nodes=2):
-        log = _flwr_run(env, "loop", "--stream", "--run-config", f"{RUN} output-dir='{dep}'")
-    assert (dep / "metrics.csv").exists(), log[-3000:] + (tmp_path / "supernode-0.log").read_text()[-2000:]
-    with _local_superlink_stopped(env):
-        fed = "num-supernodes=2 client-resources-num-cpus=1"
-        log = _flwr_run(
-            env, "local", "--stream", "--federation-config", fed, "--run-config", f"{RUN} output-dir='{sim}'"
-        )
-    assert (sim / "metrics.csv").exists(), log[-3000:]
-    (dm, dc), (sm, sc) = _results(dep), _results(sim)
-    assert len(dm) == 2 and len(dc) == 4
-    pd.testing.assert_frame_equal(dm, sm, check_exact=True)
-    pd.testing.assert_frame_equal(dc, sc, check_exact=True)
-    configs = [json.loads((d / "run.json").read_text())["config"] for d in (dep, sim)]
-    for config in configs:
-        config.pop("output-dir")
-    assert configs[0] == configs[1]
-
-
 def _tls_files(tmp: Path) -> dict[str, Path]:
     """A CA and a server certificate for 127.0.0.1 / localhost signed by it (made with cryptography)."""
     import datetime
@@ -355,30 +333,73 @@ def _node_keys(tmp: Path, n: int) -> list[Path]:
     return out
 
 
-@needs_flwr
-def test_deployment_engine_secure_tls_and_node_authentication(tmp_path: Path) -> None:
-    """HTTPS with a test CA and SuperNode authentication with registered keys; an unregistered node is refused."""
-    tls = _tls_files(tmp_path)
-    keys = _node_keys(tmp_path, 3)
-    env = _env(tmp_path / "flwr-home")
-    out = tmp_path / "out"
-    with _deployment(tmp_path, env, num_nodes=2, tls=tls, auth_keys=keys[:2]) as address:
+#: The run compared across engines (2 rounds: the second starts from an aggregated model).
+RUN = {"num-clients": 2, "num-server-rounds": 2, "local-epochs": 1, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One secure deployment on loopback (HTTPS with a test CA, two SuperNodes authenticated by registered keys,
+    a third node with an unregistered key) running ``RUN``; then the same run config in-process."""
+    if FLWR is None:
+        pytest.skip("flwr CLI not in the venv")
+    tmp = tmp_path_factory.mktemp("deployment")
+    tls = _tls_files(tmp)
+    keys = _node_keys(tmp, 3)
+    env = isolated_env(tmp / "flwr-home")
+    dep, ref = tmp / "deployment", tmp / "in-process"
+    run = " ".join(f"{k}={v}" for k, v in RUN.items())
+    with _deployment(tmp, env, num_nodes=2, tls=tls, auth_keys=keys[:2]) as address:
         # A third node with a key nobody registered (the SuperLink must refuse it).
         cmd = ["flower-supernode", "--superlink", address, "--root-certificates", str(tls["ca"])]
         cmd += ["--port", str(_free_port()), "--auth-supernode-private-key", str(keys[2])]
         cmd += ["--node-config", "partition-id=1 num-partitions=2", "--max-retries", "2"]
-        intruder = _start(cmd, env, tmp_path / "intruder.log")
+        intruder = _start(cmd, env, tmp / "intruder.log")
         try:
-            run = "num-clients=2 num-server-rounds=1 local-epochs=1 seed=3"
-            log = _flwr_run(env, "loop", "--stream", "--run-config", f"{run} output-dir='{out}'")
+            log = _flwr_run(env, "loop", "--stream", "--run-config", f"{run} output-dir='{dep}'")
             nodes = subprocess.run(
                 [FLWR, "supernode", "list", "loop", "--format", "json"], env=env, capture_output=True, text=True
             )
         finally:
             stop_tree([intruder.pid], groups=[intruder.pid])
-    assert (out / "metrics.csv").exists(), log[-3000:] + (tmp_path / "supernode-0.log").read_text()[-2000:]
-    assert pd.read_csv(out / "metrics.csv")["num_clients"].tolist() == [2]
-    listed = json.loads(nodes.stdout[nodes.stdout.index("{") :])["nodes"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the SuperNodes' ClientApps (OMP_NUM_THREADS=1): the same float sums
+    try:
+        outcome = run_in_process({**RUN, "output-dir": str(ref)})
+    finally:
+        torch.set_num_threads(threads)
+    yield {
+        "tmp": tmp,
+        "dep": dep,
+        "ref": ref,
+        "log": log + (tmp / "supernode-0.log").read_text()[-2000:],
+        "ref_log": "\n".join(outcome.lines),
+        "nodes": nodes.stdout,
+    }
+
+
+def test_deployment_engine_on_loopback_equals_the_in_process_run(deployment: dict[str, Any]) -> None:
+    """One SuperNode per partition: the results files equal those of the same run config on in-process nodes
+    (which equal the Ray simulation's: test_flwr_cli), for the same seed."""
+    dep, ref = deployment["dep"], deployment["ref"]
+    assert (dep / "metrics.csv").exists(), deployment["log"][-5000:]
+    assert (ref / "metrics.csv").exists(), deployment["ref_log"][-3000:]
+    (dm, dc), (rm, rc) = _results(dep), _results(ref)
+    assert len(dm) == 2 and len(dc) == 4
+    assert dm["num_clients"].tolist() == [2, 2]
+    pd.testing.assert_frame_equal(dm, rm, check_exact=True)
+    pd.testing.assert_frame_equal(dc, rc, check_exact=True)
+    configs = [json.loads((d / "run.json").read_text())["config"] for d in (dep, ref)]
+    for config in configs:
+        config.pop("output-dir")
+    assert configs[0] == configs[1]
+
+
+def test_deployment_engine_secure_tls_and_node_authentication(deployment: dict[str, Any]) -> None:
+    """HTTPS with a test CA and SuperNode authentication with registered keys; an unregistered node is refused."""
+    assert (deployment["dep"] / "run.json").exists(), deployment["log"][-5000:]
+    nodes = deployment["nodes"]
+    listed = json.loads(nodes[nodes.index("{") :])["nodes"]
     assert len(listed) == 2 and {n["status"] for n in listed} == {"online"}, listed
-    refused = (tmp_path / "intruder.log").read_text()
+    refused = (deployment["tmp"] / "intruder.log").read_text()
     assert "Failed to activate SuperNode" in refused, refused[-3000:]
