@@ -43,10 +43,12 @@ def test_flwr_run_writes_results_equal_to_the_in_process_run(flwr_env: dict[str,
     assert not [line for line in log.splitlines() if line.lstrip().startswith("ERROR")], log[-3000:]
     assert os.environ.get("FLWR_HOME") != flwr_env["FLWR_HOME"]
 
+    # As in a Ray actor of client-resources-num-cpus=1 and no GPU share: one torch thread (the same float sums) and
+    # the CPU (what device='auto' picks there, even on a machine with a GPU).
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a Ray actor of client-resources-num-cpus=1: the same float sums
+    torch.set_num_threads(1)
     try:
-        outcome = run_in_process({**overrides, "output-dir": str(ref)})
+        outcome = run_in_process({**overrides, "device": "cpu", "output-dir": str(ref)})
     finally:
         torch.set_num_threads(threads)
     assert outcome.exit is None, outcome.lines[-20:]
@@ -54,6 +56,8 @@ def test_flwr_run_writes_results_equal_to_the_in_process_run(flwr_env: dict[str,
         ray, local = (pd.read_csv(d / name).drop(columns="round_seconds", errors="ignore") for d in (out, ref))
         pd.testing.assert_frame_equal(ray, local, check_exact=True)
     configs = [json.loads((d / "run.json").read_text())["config"] for d in (out, ref)]
+    assert (configs[0]["device"], configs[1]["device"]) == ("auto", "cpu")
     for config in configs:
-        config.pop("output-dir")
+        for key in ("output-dir", "device"):
+            config.pop(key)
     assert configs[0] == configs[1]

@@ -35,6 +35,7 @@ from benchmarks.placement_probe import read_log
 from benchmarks.processes import free_port as _free_port
 from benchmarks.processes import stop_tree
 from benchmarks.processes import superlink_pids as _superlink_on
+from simulations.experiments.plan import run_config_string
 from simulations.local import local_superlink
 from tests.flwr_cli import isolated_env
 from tests.inprocess import run_in_process
@@ -333,8 +334,9 @@ def _node_keys(tmp: Path, n: int) -> list[Path]:
     return out
 
 
-#: The run compared across engines (2 rounds: the second starts from an aggregated model).
-RUN = {"num-clients": 2, "num-server-rounds": 2, "local-epochs": 1, "seed": 3}
+#: The run compared across engines (2 rounds: the second starts from an aggregated model). On the CPU: on a machine
+#: with a GPU, the SuperNodes' ClientApps would train on it, where float sums need not repeat bitwise.
+RUN = {"num-clients": 2, "num-server-rounds": 2, "local-epochs": 1, "seed": 3, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -348,7 +350,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     keys = _node_keys(tmp, 3)
     env = isolated_env(tmp / "flwr-home")
     dep, ref = tmp / "deployment", tmp / "in-process"
-    run = " ".join(f"{k}={v}" for k, v in RUN.items())
+    run = run_config_string(RUN)
     with _deployment(tmp, env, num_nodes=2, tls=tls, auth_keys=keys[:2]) as address:
         # A third node with a key nobody registered (the SuperLink must refuse it).
         cmd = ["flower-supernode", "--superlink", address, "--root-certificates", str(tls["ca"])]
