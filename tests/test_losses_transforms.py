@@ -81,7 +81,8 @@ def test_flamby_geometry_without_scale_or_rotation_is_an_exact_crop_or_flip() ->
             for k, v in enumerate(views)
             for a in range(12)
             for b in range(51)
-            if np.array_equal(out, v[a : a + 200, b : b + 200])
+            if np.array_equal(out[0], v[a, b : b + 200])  # the first row first: cheap
+            and np.array_equal(out, v[a : a + 200, b : b + 200])
         ]
         assert hits
         seen.add(hits[0])

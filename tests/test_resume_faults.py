@@ -66,10 +66,12 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path, name
 @pytest.mark.slow
 def test_killed_flwr_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     """The same on Flower's Ray engine through ``flwr run``: the ServerApp's process is killed after round 3 and
-    SCAFFOLD's client states (c_i, kept by the nodes and checkpointed by the server) come back on resume."""
+    SCAFFOLD's client states (c_i, kept by the nodes and checkpointed by the server) come back on resume. The
+    uninterrupted run is on in-process nodes (which give the Ray engine's files: test_flwr_cli), on the CPU as a Ray
+    actor without a GPU share."""
     overrides = {"method": "scaffold"}
     full, cut = tmp_path / "full", tmp_path / "cut"
-    run_local({**BASE, **overrides, "output-dir": str(full)})
+    assert run_in_process({**BASE, **overrides, "device": "cpu", "output-dir": str(full)}).exit is None
     run_local({**BASE, **overrides, "output-dir": str(cut)}, stop_after_round=3)
     assert json.loads((cut / "run.json").read_text())["status"] == "running"
     assert run_state(cut, stale_after=0) == "interrupted"  # its ServerApp process is gone

@@ -29,15 +29,13 @@ def _run(tmp: Path, name: str, **overrides: object) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three default 10-client runs on in-process nodes (the Ray engine gives the same files: test_flwr_cli)."""
     tmp = tmp_path_factory.mktemp("runs")
     return {
-        "fedgela": _run(tmp, "fedgela", method="fedgela"),
-        "fedgela-again": _run(tmp, "fedgela-again", method="fedgela"),
-        "fedavg": _run(tmp, "fedavg", method="fedavg"),
+        name: _run_in_process(tmp, name, method=name.split("-")[0]) for name in ("fedgela", "fedgela-again", "fedavg")
     }
 
 
-@slow
 @pytest.mark.parametrize("name", ["fedgela", "fedavg"])
 def test_results_files(runs: dict[str, Path], name: str) -> None:
     out = runs[name]
@@ -69,7 +67,6 @@ def test_results_files(runs: dict[str, Path], name: str) -> None:
     assert info["personal_view"].startswith("no personal model") == (name == "fedavg")
 
 
-@slow
 def test_fedgela_beats_its_untrained_start_in_the_personal_view(runs: dict[str, Path]) -> None:
     m = pd.read_csv(runs["fedgela"] / "metrics.csv")
     # Round 1's "before" is the initial model plus each client's adaptation; training must improve on it.
@@ -78,14 +75,12 @@ def test_fedgela_beats_its_untrained_start_in_the_personal_view(runs: dict[str, 
     assert m.loc[1, "personal_acc_before"] > 0.5
 
 
-@slow
 def test_same_seed_gives_identical_metrics(runs: dict[str, Path]) -> None:
     a = pd.read_csv(runs["fedgela"] / "metrics.csv").drop(columns="round_seconds")
     b = pd.read_csv(runs["fedgela-again"] / "metrics.csv").drop(columns="round_seconds")
     pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
-@slow
 def test_fedavg_and_fedgela_see_identical_splits(runs: dict[str, Path]) -> None:
     cols = ["round", "partition_id", "train_examples", "test_examples"]
     a = pd.read_csv(runs["fedgela"] / "clients.csv")[cols]
@@ -121,7 +116,6 @@ def test_a_method_without_a_global_model_has_nan_generic_metrics(tmp_path: Path)
     assert info.summary["generic_acc"]["best_round"] is None
 
 
-@slow
 def test_report_table_and_curves(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from simulations.experiments import report
 
