@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +51,25 @@ def flwr_run(env: dict[str, str], run_config: str, supernodes: int, timeout: flo
     ]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return ANSI.sub("", res.stdout + res.stderr)
+
+
+def die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the test process dies, even if it is killed (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def start_process(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start ``cmd`` in a session of its own (its process group is stopped as a whole); it ends with this process."""
+    with log.open("w") as f:
+        return subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
+        )

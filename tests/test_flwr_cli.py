@@ -1,4 +1,5 @@
-"""The README's path: `flwr run .` on a local SuperLink with the Ray simulation engine."""
+"""The README's path: `flwr run .` on a local SuperLink with the Ray simulation engine; and a run whose clients all
+fail, through the same path."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
+from simulations.experiments import runner
+from simulations.results import RunInfo
 from tests.flwr_cli import FLWR, flwr_run, isolated_env, stop_local_superlink
 from tests.inprocess import run_in_process
 
@@ -28,10 +31,10 @@ def flwr_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 @pytest.mark.skipif(FLWR is None, reason="flwr CLI not on PATH")
 def test_flwr_run_writes_results_equal_to_the_in_process_run(flwr_env: dict[str, str], tmp_path: Path) -> None:
     """The README's command (10 supernodes, the default num-clients), shortened to 2 rounds of 1 epoch; its results
-    files equal those of the same run config on in-process nodes (test_scale compares the deployment engine with
+    files equal those of the same run config on in-process nodes (test_deployment compares the deployment engine with
     the in-process run too).
 
-    A bad value through the real `flwr run` (one ERROR line, no traceback, nothing written) is in test_bad_configs.
+    A bad value through the real `flwr run` (no traceback, nothing written) is in test_bad_configs.
     """
     overrides = {"num-server-rounds": 2, "local-epochs": 1}
     out, ref = tmp_path / "run", tmp_path / "in-process"
@@ -61,3 +64,21 @@ def test_flwr_run_writes_results_equal_to_the_in_process_run(flwr_env: dict[str,
         for key in ("output-dir", "device"):
             config.pop(key)
     assert configs[0] == configs[1]
+
+
+@pytest.mark.skipif(FLWR is None, reason="flwr CLI not on PATH")
+def test_a_round_where_every_client_fails_ends_flwr_run_in_one_error_line(
+    flwr_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The clients reply with their one-line reason (no traceback from Ray), the ServerApp ends with one ERROR line
+    and `status: failed`, and fedetf-sweep records that line's message."""
+    out = tmp_path / "allfail"
+    run = f"fault-rate=0.999 fraction-train=1.0 num-clients=2 num-server-rounds=2 local-epochs=1 output-dir='{out}'"
+    log = flwr_run(flwr_env, run, supernodes=2)
+    errors = [line for line in log.splitlines() if line.lstrip().startswith("ERROR")]
+    assert "Traceback" not in log and len(errors) == 1, log[-3000:]
+    expected = "the run stopped: all 2 sampled clients failed in round 1; first error: partition 0: injected fault"
+    assert expected in errors[0], errors[0]
+    info = RunInfo.load(out)
+    assert info.status == "failed" and info.error in errors[0]
+    assert runner.first_error(log.splitlines()) == errors[0].split(":", 1)[1].strip()

@@ -1,7 +1,8 @@
 """Runs that survive: checkpoints and bit-identical resume, injected faults, failures that end in one line.
 
-The Ray tests (``slow``) run the real engine through ``flwr run``; the others run the ServerApp's real entry
-point in this process on in-process nodes (:mod:`tests.inprocess`), in seconds.
+Every run here is the ServerApp's real entry point in this process on in-process nodes (:mod:`tests.inprocess`),
+in seconds. Through the real engines: a SCAFFOLD run killed on Ray and continued by the sweep equals the
+uninterrupted run (test_sweep); a run where every client fails ends `flwr run` in one line (test_flwr_cli).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from simulations import checkpoint
 from simulations.faults import fails
-from simulations.local import default_run_config, run_local
-from simulations.results import RunInfo, run_state
+from simulations.local import default_run_config
+from simulations.results import RunInfo
 from tests.inprocess import run_in_process
 from tests.userpkg.hooks import HookLog
 
@@ -60,23 +61,6 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path, name
     assert RunInfo.load(cut).status == "running"
     assert checkpoint.load(cut)["round"] == 2 and len(pd.read_csv(cut / "metrics.csv")) == 3
     assert run_in_process({**BASE, **overrides, "output-dir": str(cut), "resume": True}).exit is None
-    _same_results(full, cut)
-
-
-@pytest.mark.slow
-def test_killed_flwr_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
-    """The same on Flower's Ray engine through ``flwr run``: the ServerApp's process is killed after round 3 and
-    SCAFFOLD's client states (c_i, kept by the nodes and checkpointed by the server) come back on resume. The
-    uninterrupted run is on in-process nodes (which give the Ray engine's files: test_flwr_cli), on the CPU as a Ray
-    actor without a GPU share."""
-    overrides = {"method": "scaffold"}
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    assert run_in_process({**BASE, **overrides, "device": "cpu", "output-dir": str(full)}).exit is None
-    run_local({**BASE, **overrides, "output-dir": str(cut)}, stop_after_round=3)
-    assert json.loads((cut / "run.json").read_text())["status"] == "running"
-    assert run_state(cut, stale_after=0) == "interrupted"  # its ServerApp process is gone
-    assert checkpoint.load(cut)["round"] == 2 and len(pd.read_csv(cut / "metrics.csv")) == 3
-    run_local({**BASE, **overrides, "output-dir": str(cut), "resume": True})
     _same_results(full, cut)
 
 
@@ -217,30 +201,3 @@ def test_injected_faults_are_counted_and_skipped(tmp_path: Path) -> None:
         ok = sorted(pid for pid in range(10) if not fails(0, r, pid, 0.2))
         assert sorted(clients[clients["round"] == r]["partition_id"]) == ok
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
-
-
-@pytest.mark.slow
-def test_a_round_where_every_client_fails_ends_flwr_run_in_one_error_line(tmp_path: Path) -> None:
-    """Through the real ``flwr run``: no traceback from the clients (they reply with their reason) nor the server."""
-    from tests.flwr_cli import FLWR, flwr_run, isolated_env, stop_local_superlink
-
-    if FLWR is None:
-        pytest.skip("flwr CLI not on PATH")
-    out = tmp_path / "allfail"
-    env = isolated_env(tmp_path / "flwr-home")
-    try:
-        log = flwr_run(
-            env,
-            f"fault-rate=0.999 fraction-train=1.0 num-clients=2 num-server-rounds=2 local-epochs=1 output-dir='{out}'",
-            supernodes=2,
-        )
-    finally:
-        stop_local_superlink(env)
-    errors = [line for line in log.splitlines() if line.lstrip().startswith("ERROR")]
-    assert "Traceback" not in log and len(errors) == 1, log[-3000:]
-    assert (
-        "the run stopped: all 2 sampled clients failed in round 1; first error: partition 0: injected fault"
-        in (errors[0])
-    )
-    info = RunInfo.load(out)
-    assert info.status == "failed" and info.error in errors[0]

@@ -1,6 +1,7 @@
 """fedetf-sweep and fedetf-report: plan, resume and failure logic (fast, with a fake runner), progress read from
-the results files, the report on synthetic runs, and one real sweep through `flwr run` on digits (its run's
-ServerApp killed mid-run and continued from its checkpoint when the sweep is rerun; a third sweep skips it)."""
+the results files, the report on synthetic runs, and one real sweep through `flwr run` on digits (its SCAFFOLD
+run's ServerApp killed mid-run and continued from its checkpoint when the sweep is rerun, to the uninterrupted run's
+results; a third sweep skips it)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from simulations.experiments import plan as sweep_plan
 from simulations.experiments import report, runner, runs, sweep
 from simulations.experiments.progress import Progress
 from simulations.local import local_superlink
+from tests.inprocess import run_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -347,12 +349,13 @@ FLWR = shutil.which("flwr", path=str(Path(sys.executable).parent))
 #: One run: every `flwr run` pays Ray's start-up, so the sweep's bookkeeping over several runs, seeds and failing
 #: runs is tested above with a fake runner, and the sweep's reading of a real failing run's error line in
 #: test_bad_configs (its `flwr-run` cases).
-SWEEP_ARGS = [
-    "--methods", "fedavg", "--seeds", "0",
-    "--set", "dataset=digits", "--set", "num-clients=2", "--set", "num-server-rounds=3", "--set", "local-epochs=1",
-    "--no-progress",
-]  # fmt: skip
-CUT = "fedavg_seed0"  # its ServerApp is killed once round 1 is in metrics.csv (and checkpointed)
+#: SCAFFOLD (each client's c_i is state that must follow its partition, on the nodes and through the checkpoint),
+#: 4 clients on 2 Ray workers, 3 of them per round.
+RUN = {"dataset": "digits", "num-clients": 4, "fraction-train": 0.75, "num-server-rounds": 3, "local-epochs": 1}
+SWEEP_ARGS = ["--methods", "scaffold", "--seeds", "0", "--no-progress"]
+for _key, _value in RUN.items():
+    SWEEP_ARGS += ["--set", f"{_key}={_value}"]
+CUT = "scaffold_seed0"  # its ServerApp is killed once round 1 is in metrics.csv (and checkpointed)
 
 
 def _entries(out: Path) -> dict[str, dict[str, Any]]:
@@ -412,6 +415,11 @@ def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             timeout=300,
         )
         result |= {"report_rc": rep.returncode, "report_out": rep.stdout + rep.stderr}
+        # The same run uninterrupted on in-process nodes, one torch thread on the CPU as in a Ray actor.
+        ref = tmp / "uninterrupted"
+        outcome = run_in_process({**RUN, "method": "scaffold", "seed": 0, "device": "cpu", "output-dir": str(ref)})
+        assert outcome.exit is None, outcome.lines[-20:]
+        result["uninterrupted"] = ref
         yield result
     finally:
         if first.poll() is None:  # an assertion above failed: do not leave the sweep running
@@ -443,6 +451,12 @@ def test_a_run_cut_mid_way_is_continued_from_its_checkpoint(real_sweep: dict[str
     start = info.resumes[0]["from_round"]
     assert 1 <= start <= len(written), "continued from a checkpoint written before the kill"
     pd.testing.assert_frame_equal(after.iloc[:start], real_sweep["cut_metrics"].iloc[:start], check_exact=True)
+    # Killed on the Ray engine and continued: the uninterrupted run's files, so every client's c_i came back from
+    # the checkpoint and followed its partition across the two workers.
+    ref = real_sweep["uninterrupted"]
+    for name in ("metrics.csv", "clients.csv"):
+        ray, local = (pd.read_csv(d / name).drop(columns="round_seconds", errors="ignore") for d in (cut_dir, ref))
+        pd.testing.assert_frame_equal(ray, local, check_exact=True)
     assert not list((out / "runs").glob("*.incomplete-*")) and _entries(out)[CUT]["resumed"] is True
     assert runs.finished(cut_dir) and (out / "logs" / f"{CUT}.log").exists()
     assert (out / "logs" / f"{CUT}.1.log").exists(), "the cut attempt's log is kept"
@@ -459,10 +473,10 @@ def test_real_sweep_skips_finished_runs_and_produces_every_artefact(real_sweep: 
     assert (out / "runs" / CUT / "run.json").stat().st_mtime_ns == real_sweep["mtime"], f"{CUT} was redone"
     assert [r["status"] for r in _entries(out).values()] == ["finished"]
     assert real_sweep["report_rc"] == 0, real_sweep["report_out"]
-    assert "| fedavg | " in real_sweep["report_out"] and "## Best round" in real_sweep["report_out"]
+    assert "| scaffold | " in real_sweep["report_out"] and "## Best round" in real_sweep["report_out"]
     rep = out / "report"
     table = pd.read_csv(rep / "table.csv")
-    assert list(table["method"]) == ["fedavg"] and list(table["runs"]) == [1]
+    assert list(table["method"]) == ["scaffold"] and list(table["runs"]) == [1]
     for name in ("table.md", "curves_acc.png", "curves_bacc.png", "heatmap.png", "index.html"):
         assert (rep / name).stat().st_size > 0
     page = (rep / "index.html").read_text()
