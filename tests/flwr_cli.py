@@ -37,20 +37,17 @@ def stop_local_superlink(env: dict[str, str]) -> None:
     stop_tree(superlink_pids(env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]))
 
 
+def flwr_run_args(env: dict[str, str], *args: str, timeout: float = 300) -> str:
+    """`flwr run . ARGS` in this project; its output (stdout, then stderr)."""
+    res = subprocess.run([FLWR, "run", ".", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return res.stdout + res.stderr
+
+
 def flwr_run(env: dict[str, str], run_config: str, supernodes: int, timeout: float = 300) -> str:
     """`flwr run . --stream` with ``supernodes`` simulated nodes; its output without colour codes."""
-    cmd = [
-        FLWR,
-        "run",
-        ".",
-        "--stream",
-        "--federation-config",
-        f"num-supernodes={supernodes} client-resources-num-cpus=1",
-        "--run-config",
-        run_config,
-    ]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    return ANSI.sub("", res.stdout + res.stderr)
+    federation = f"num-supernodes={supernodes} client-resources-num-cpus=1"
+    log = flwr_run_args(env, "--stream", "--federation-config", federation, "--run-config", run_config, timeout=timeout)
+    return ANSI.sub("", log)
 
 
 def die_with_parent() -> None:

@@ -11,8 +11,10 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -68,3 +70,14 @@ def run_in_process(overrides: dict[str, Any], num_nodes: int | None = None, kill
     finally:
         logger.removeHandler(handler)
     return Outcome(None, lines)
+
+
+def results(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A run's ``metrics.csv`` (without the wall-clock ``round_seconds``) and ``clients.csv``."""
+    return pd.read_csv(out / "metrics.csv").drop(columns="round_seconds"), pd.read_csv(out / "clients.csv")
+
+
+def assert_same_results(a: Path, b: Path) -> None:
+    """Two runs wrote exactly the same ``metrics.csv`` (but ``round_seconds``) and ``clients.csv``."""
+    for x, y in zip(results(a), results(b), strict=True):
+        pd.testing.assert_frame_equal(x, y, check_exact=True)

@@ -15,22 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
-import torch
 
 from benchmarks.processes import free_port as _free_port
 from benchmarks.processes import stop_tree
 from simulations.experiments.plan import run_config_string
-from tests.flwr_cli import FLWR, ROOT, isolated_env, start_process
-from tests.inprocess import run_in_process
+from tests.flwr_cli import FLWR, flwr_run_args, isolated_env, start_process
+from tests.inprocess import assert_same_results, results, run_in_process
 
 pytestmark = pytest.mark.slow
-
-
-def _flwr_run(env: dict[str, str], *args: str, timeout: float = 300) -> str:
-    res = subprocess.run([FLWR, "run", ".", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    return res.stdout + res.stderr
 
 
 # -- (c) Flower's deployment engine ------------------------------------------------------------------
@@ -99,11 +92,6 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float 
                 return
         time.sleep(0.2)
     raise AssertionError(f"nothing listens on {port} after {timeout} s: {log.read_text()[-3000:]}")
-
-
-def _results(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    metrics = pd.read_csv(out / "metrics.csv").drop(columns=["round_seconds"])
-    return metrics, pd.read_csv(out / "clients.csv")
 
 
 def _tls_files(tmp: Path) -> dict[str, Path]:
@@ -191,18 +179,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         cmd += ["--node-config", "partition-id=1 num-partitions=2", "--max-retries", "2"]
         intruder = start_process(cmd, env, tmp / "intruder.log")
         try:
-            log = _flwr_run(env, "loop", "--stream", "--run-config", f"{run} output-dir='{dep}'")
+            log = flwr_run_args(env, "loop", "--stream", "--run-config", f"{run} output-dir='{dep}'")
             nodes = subprocess.run(
                 [FLWR, "supernode", "list", "loop", "--format", "json"], env=env, capture_output=True, text=True
             )
         finally:
             stop_tree([intruder.pid], groups=[intruder.pid])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the SuperNodes' ClientApps (OMP_NUM_THREADS=1): the same float sums
-    try:
-        outcome = run_in_process({**RUN, "output-dir": str(ref)})
-    finally:
-        torch.set_num_threads(threads)
+    # One torch thread (tests/conftest.py), as in the SuperNodes' ClientApps (OMP_NUM_THREADS=1): the same float sums.
+    outcome = run_in_process({**RUN, "output-dir": str(ref)})
     yield {
         "tmp": tmp,
         "dep": dep,
@@ -219,11 +203,10 @@ def test_deployment_engine_on_loopback_equals_the_in_process_run(deployment: dic
     dep, ref = deployment["dep"], deployment["ref"]
     assert (dep / "metrics.csv").exists(), deployment["log"][-5000:]
     assert (ref / "metrics.csv").exists(), deployment["ref_log"][-3000:]
-    (dm, dc), (rm, rc) = _results(dep), _results(ref)
+    dm, dc = results(dep)
     assert len(dm) == 2 and len(dc) == 4
     assert dm["num_clients"].tolist() == [2, 2]
-    pd.testing.assert_frame_equal(dm, rm, check_exact=True)
-    pd.testing.assert_frame_equal(dc, rc, check_exact=True)
+    assert_same_results(dep, ref)
     configs = [json.loads((d / "run.json").read_text())["config"] for d in (dep, ref)]
     for config in configs:
         config.pop("output-dir")

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from simulations.experiments import runner
 from simulations.results import RunInfo
 from tests.flwr_cli import FLWR, flwr_run, isolated_env, stop_local_superlink
-from tests.inprocess import run_in_process
+from tests.inprocess import assert_same_results, run_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -46,18 +45,11 @@ def test_flwr_run_writes_results_equal_to_the_in_process_run(flwr_env: dict[str,
     assert not [line for line in log.splitlines() if line.lstrip().startswith("ERROR")], log[-3000:]
     assert os.environ.get("FLWR_HOME") != flwr_env["FLWR_HOME"]
 
-    # As in a Ray actor of client-resources-num-cpus=1 and no GPU share: one torch thread (the same float sums) and
-    # the CPU (what device='auto' picks there, even on a machine with a GPU).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        outcome = run_in_process({**overrides, "device": "cpu", "output-dir": str(ref)})
-    finally:
-        torch.set_num_threads(threads)
+    # As in a Ray actor of client-resources-num-cpus=1 and no GPU share: one torch thread (tests/conftest.py: the
+    # same float sums) and the CPU (what device='auto' picks there, even on a machine with a GPU).
+    outcome = run_in_process({**overrides, "device": "cpu", "output-dir": str(ref)})
     assert outcome.exit is None, outcome.lines[-20:]
-    for name in ("metrics.csv", "clients.csv"):
-        ray, local = (pd.read_csv(d / name).drop(columns="round_seconds", errors="ignore") for d in (out, ref))
-        pd.testing.assert_frame_equal(ray, local, check_exact=True)
+    assert_same_results(out, ref)
     configs = [json.loads((d / "run.json").read_text())["config"] for d in (out, ref)]
     assert (configs[0]["device"], configs[1]["device"]) == ("auto", "cpu")
     for config in configs:

@@ -191,23 +191,18 @@ def test_damaged_manifest_and_index_are_named(copy_root: Path) -> None:
 @pytest.mark.parametrize("method", ["fedgela", "fedavg"])
 def test_one_round_through_flower(small_root: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / method
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a Ray actor of client-resources-num-cpus=1 (on a busy machine, 3x faster)
-    try:
-        outcome = run_in_process(
-            {
-                "dataset": "fed-isic2019",
-                "data-root": str(small_root),
-                "num-clients": 6,
-                "method": method,
-                "num-server-rounds": 1,
-                "local-epochs": 1,
-                "batch-size": 8,
-                "output-dir": str(out),
-            }
-        )
-    finally:
-        torch.set_num_threads(threads)
+    outcome = run_in_process(
+        {
+            "dataset": "fed-isic2019",
+            "data-root": str(small_root),
+            "num-clients": 6,
+            "method": method,
+            "num-server-rounds": 1,
+            "local-epochs": 1,
+            "batch-size": 8,
+            "output-dir": str(out),
+        }
+    )
     assert outcome.exit is None and not outcome.errors, outcome.lines[-20:]
     metrics = pd.read_csv(out / "metrics.csv")
     assert len(metrics) == 1 and metrics["generic_bacc"].between(0, 1).all()

@@ -19,7 +19,7 @@ from simulations import checkpoint
 from simulations.faults import fails
 from simulations.local import default_run_config
 from simulations.results import RunInfo
-from tests.inprocess import run_in_process
+from tests.inprocess import assert_same_results, run_in_process
 from tests.userpkg.hooks import HookLog
 
 BASE = {"num-server-rounds": 4, "local-epochs": 1, "num-clients": 4, "fraction-train": 0.75, "checkpoint-every": 2}
@@ -43,10 +43,7 @@ KILL_RESUME = [
 
 
 def _same_results(full: Path, cut: Path) -> None:
-    a = pd.read_csv(full / "metrics.csv").drop(columns="round_seconds")
-    b = pd.read_csv(cut / "metrics.csv").drop(columns="round_seconds")
-    pd.testing.assert_frame_equal(a, b, check_exact=True)
-    pd.testing.assert_frame_equal(pd.read_csv(full / "clients.csv"), pd.read_csv(cut / "clients.csv"), check_exact=True)
+    assert_same_results(full, cut)
     info = RunInfo.load(cut)
     assert info.status == "finished" and [r["from_round"] for r in info.resumes] == [2]
     assert "resume" not in info.config
@@ -77,10 +74,6 @@ RESUME = {
 }
 
 
-def _results(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return pd.read_csv(out / "metrics.csv").drop(columns="round_seconds"), pd.read_csv(out / "clients.csv")
-
-
 def test_a_resumed_run_starts_after_its_checkpoint_and_equals_an_uninterrupted_one(tmp_path: Path) -> None:
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert run_in_process({**RESUME, "output-dir": str(full)}).exit is None
@@ -98,9 +91,7 @@ def test_a_resumed_run_starts_after_its_checkpoint_and_equals_an_uninterrupted_o
     assert run_in_process({**RESUME, "output-dir": str(cut), "resume": True}).exit is None
     # Every hook sees the true round numbers, from the round after the checkpoint on: nothing is replayed.
     assert HookLog.calls == [(hook, r) for r in (2, 3) for hook in HOOKS]
-    (a, a_clients), (b, b_clients) = _results(full), _results(cut)
-    pd.testing.assert_frame_equal(a, b, check_exact=True)
-    pd.testing.assert_frame_equal(a_clients, b_clients, check_exact=True)
+    assert_same_results(full, cut)
     info = RunInfo.load(cut)
     assert info.status == "finished" and [r["from_round"] for r in info.resumes] == [1]
 

@@ -29,7 +29,7 @@ from benchmarks.processes import free_port as _free_port
 from benchmarks.processes import stop_tree
 from benchmarks.processes import superlink_pids as _superlink_on
 from simulations.local import local_superlink
-from tests.flwr_cli import isolated_env, start_process
+from tests.flwr_cli import flwr_run_args, isolated_env, start_process
 
 pytestmark = pytest.mark.slow
 
@@ -60,11 +60,6 @@ def _local_superlink_stopped(env: dict[str, str]) -> Iterator[None]:
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
-def _flwr_run(env: dict[str, str], *args: str, timeout: float = 300) -> str:
-    res = subprocess.run([FLWR, "run", ".", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    return res.stdout + res.stderr
-
-
 def _probe_config(log_dir: Path, extra: str) -> str:
     return f"method='{PROBE}' method-args='{{\"log-dir\": \"{log_dir}\"}}' {extra}"
 
@@ -80,7 +75,7 @@ def test_logical_gpus_give_four_actors_each_on_its_ray_gpu(tmp_path: Path) -> No
     fed = "num-supernodes=4 init-args-num-gpus=2 init-args-num-cpus=4 client-resources-num-cpus=1"
     fed += " client-resources-num-gpus=0.5"
     run = _probe_config(logs, f"num-clients=4 num-server-rounds=2 local-epochs=8 output-dir='{tmp_path / 'out'}'")
-    log = _flwr_run(local_superlink().env, "--stream", "--federation-config", fed, "--run-config", run)
+    log = flwr_run_args(local_superlink().env, "--stream", "--federation-config", fed, "--run-config", run)
     lines = read_log(logs)
     assert len(lines) == 8, log[-3000:]
     cuda = torch.cuda.is_available()
@@ -161,7 +156,7 @@ def test_ray_cluster_on_loopback_runs_clients_on_both_nodes(tmp_path: Path) -> N
         fed = "num-supernodes=4 client-resources-num-cpus=1"
         run = _probe_config(logs, f"num-clients=4 num-server-rounds=2 local-epochs=2 output-dir='{tmp_path / 'out'}'")
         with _local_superlink_stopped(env):
-            log = _flwr_run(env, "--stream", "--federation-config", fed, "--run-config", run)
+            log = flwr_run_args(env, "--stream", "--federation-config", fed, "--run-config", run)
     lines = read_log(logs)
     assert len(lines) == 8, log[-3000:]
     used = Counter(x["ray"]["node_id"] for x in lines)

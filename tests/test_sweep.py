@@ -27,7 +27,7 @@ from simulations.experiments import plan as sweep_plan
 from simulations.experiments import report, runner, runs, sweep
 from simulations.experiments.progress import Progress
 from simulations.local import local_superlink
-from tests.inprocess import run_in_process
+from tests.inprocess import assert_same_results, run_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -348,13 +348,11 @@ def test_report_without_nc_columns_notes_it_and_needs_out_for_run_folders(
 FLWR = shutil.which("flwr", path=str(Path(sys.executable).parent))
 #: One run: every `flwr run` pays Ray's start-up, so the sweep's bookkeeping over several runs, seeds and failing
 #: runs is tested above with a fake runner, and the sweep's reading of a real failing run's error line in
-#: test_bad_configs (its `flwr-run` cases).
-#: SCAFFOLD (each client's c_i is state that must follow its partition, on the nodes and through the checkpoint),
-#: 4 clients on 2 Ray workers, 3 of them per round.
+#: test_flwr_cli. The run is SCAFFOLD (each client's c_i is state that must follow its partition, on the nodes and
+#: through the checkpoint), 4 clients on 2 Ray workers, 3 of them per round.
 RUN = {"dataset": "digits", "num-clients": 4, "fraction-train": 0.75, "num-server-rounds": 3, "local-epochs": 1}
 SWEEP_ARGS = ["--methods", "scaffold", "--seeds", "0", "--no-progress"]
-for _key, _value in RUN.items():
-    SWEEP_ARGS += ["--set", f"{_key}={_value}"]
+SWEEP_ARGS += [arg for key, value in RUN.items() for arg in ("--set", f"{key}={value}")]
 CUT = "scaffold_seed0"  # its ServerApp is killed once round 1 is in metrics.csv (and checkpointed)
 
 
@@ -453,10 +451,7 @@ def test_a_run_cut_mid_way_is_continued_from_its_checkpoint(real_sweep: dict[str
     pd.testing.assert_frame_equal(after.iloc[:start], real_sweep["cut_metrics"].iloc[:start], check_exact=True)
     # Killed on the Ray engine and continued: the uninterrupted run's files, so every client's c_i came back from
     # the checkpoint and followed its partition across the two workers.
-    ref = real_sweep["uninterrupted"]
-    for name in ("metrics.csv", "clients.csv"):
-        ray, local = (pd.read_csv(d / name).drop(columns="round_seconds", errors="ignore") for d in (cut_dir, ref))
-        pd.testing.assert_frame_equal(ray, local, check_exact=True)
+    assert_same_results(cut_dir, real_sweep["uninterrupted"])
     assert not list((out / "runs").glob("*.incomplete-*")) and _entries(out)[CUT]["resumed"] is True
     assert runs.finished(cut_dir) and (out / "logs" / f"{CUT}.log").exists()
     assert (out / "logs" / f"{CUT}.1.log").exists(), "the cut attempt's log is kept"
