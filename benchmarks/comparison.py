@@ -12,21 +12,29 @@ won / seeds paired), and the best round (mean over seeds of each run's best roun
     python benchmarks/comparison.py --setting digits --out runs/comparison --table-only --markdown table.md
 
 ``--rows`` picks rows by name; ``--app DIR`` runs another checkout of the app (e.g. an older
-commit, to measure what a fix changed).
+commit, to measure what a fix changed). ``--jobs N`` runs the runs in N processes side by side,
+each on the same ServerApp and ClientApp in-process (``simulations.inprocess``: no Ray, one client
+at a time, one torch thread), into the same folders with the same resume; ``--gpu-jobs G`` puts G
+of them on CUDA (``device=cuda``), the others on the CPU.
+
+    python benchmarks/comparison.py --setting mnist5k-authors --seeds 0-2 --out runs/comparison --jobs 16 --gpu-jobs 4
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 
 from simulations.experiments.plan import toml_value
 from simulations.experiments.runs import finished
+from simulations.experiments.state import move_aside, resumable
 from simulations.experiments.stats import load_runs, summary_table
 from strategies.registry import METHODS
 
@@ -85,6 +93,83 @@ def run_row(name: str, setting: str, seed_list: list[int], out: Path, app: Path 
     return subprocess.run(cmd, env=os.environ.copy(), check=False).returncode
 
 
+def run_config(name: str, setting: str, seed: int) -> dict[str, object]:
+    """The run config of one row's run at ``seed`` (what its sweep passes as ``--set`` plus method and seed)."""
+    method, overrides = ROWS[name]
+    return {**SETTINGS[setting], **COMMON, **overrides, "method": method, "seed": seed}
+
+
+def run_dir(name: str, setting: str, seed: int, out: Path) -> Path:
+    """Where a row's run at ``seed`` writes: the folder its ``fedetf-sweep`` would use."""
+    return out / setting / name / "runs" / f"{ROWS[name][0]}_seed{seed}"
+
+
+_DEVICE = "cpu"
+
+
+def _init_worker(slots: mp.Queue) -> None:  # type: ignore[type-arg]
+    """One torch thread, this worker's device, and Flower's console log silenced (each run's log is kept)."""
+    global _DEVICE
+    import torch
+
+    torch.set_num_threads(1)
+    _DEVICE = slots.get()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+
+
+def run_in_process_job(task: tuple[str, str, int, Path]) -> tuple[str, int, str | None, float]:
+    """One run in this worker process (finished runs skipped, cut runs continued); (row, seed, error, seconds)."""
+    from simulations.inprocess import run_in_process
+
+    name, setting, seed, out = task
+    folder = run_dir(name, setting, seed, out).resolve()
+    config = run_config(name, setting, seed)
+    if finished(folder):
+        return name, seed, None, 0.0
+    overrides = {**config, "output-dir": str(folder), "device": _DEVICE}
+    if resumable(folder, config):
+        overrides["resume"] = True
+    elif folder.exists() and any(folder.iterdir()):
+        move_aside(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    outcome = run_in_process(overrides)
+    log = folder.parent.parent / "logs" / f"{folder.name}.inprocess.log"
+    log.parent.mkdir(exist_ok=True)
+    with log.open("a") as f:
+        f.write("\n".join(outcome.lines) + "\n")
+    error = None if outcome.exit is None else (outcome.errors or [f"exit {outcome.exit}"])[0]
+    return name, seed, error, time.perf_counter() - t0
+
+
+def run_parallel(
+    names: list[str], setting: str, seed_list: list[int], out: Path, jobs: int, gpu_jobs: int
+) -> list[str]:
+    """Every (row, seed) in ``jobs`` in-process workers, seed by seed; the failed ones."""
+    ctx = mp.get_context("spawn")
+    slots = ctx.Queue()
+    for i in range(jobs):
+        slots.put("cuda" if i < gpu_jobs else "cpu")
+    main = [n for n in names if n not in VARIANTS]  # the table's main rows first, seed by seed
+    tasks = [
+        (n, setting, seed, out)
+        for group in (main, [n for n in names if n in VARIANTS])
+        for seed in seed_list
+        for n in group
+    ]
+    failed = []
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with ctx.Pool(jobs, initializer=_init_worker, initargs=(slots,), maxtasksperchild=None) as pool:
+        for name, seed, error, seconds in pool.imap_unordered(run_in_process_job, tasks, chunksize=1):
+            status = "ok" if error is None else error
+            print(f"== {setting} / {name} seed {seed}: {status} ({seconds:.0f} s)", flush=True)
+            if error is not None:
+                failed.append(f"{name} seed {seed}")
+    return failed
+
+
 def table(out: Path, setting: str, last_k: int = 5) -> pd.DataFrame:
     """The comparison table of every finished run under ``out/setting``."""
     dirs = [d for d in sorted((out / setting).glob("*/runs/*")) if finished(d)]
@@ -130,11 +215,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--app", type=Path, help="the Flower app folder to run (default: this project)")
+    parser.add_argument("--jobs", type=int, default=0, help="run in-process in this many processes (default: sweeps)")
+    parser.add_argument("--gpu-jobs", type=int, default=0, help="of --jobs, how many run on CUDA")
     parser.add_argument("--table-only", action="store_true", help="build the table from finished runs only")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     args = parser.parse_args()
-    failed = []
-    if not args.table_only:
+    failed: list[str] = []
+    if args.jobs and not args.table_only:
+        failed = run_parallel(args.rows, args.setting, args.seeds, args.out, args.jobs, args.gpu_jobs)
+    elif not args.table_only:
         for seed in args.seeds:  # seed by seed: a cut comparison already holds paired results
             for name in args.rows:
                 if run_row(name, args.setting, [seed], args.out, args.app):
