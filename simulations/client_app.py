@@ -11,12 +11,13 @@ import functools
 from collections.abc import Callable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from data_prep.datasets import DatasetError
 from fedetf.methods import ClientRound, TrainSettings
-from fedetf.train import NonFiniteError, client_diagnostics, client_round, evaluate
+from fedetf.metrics import reweighted_accuracy
+from fedetf.train import NonFiniteError, client_diagnostics, client_round, evaluate, predict
 from simulations.config import parse_run_config
 from simulations.contracts import (
     ARRAYS,
@@ -26,11 +27,12 @@ from simulations.contracts import (
     NODE,
     RESTORE_STATE,
     SEND_STATE,
+    ClientEvaluation,
     ClientMetrics,
     error_reply,
 )
 from simulations.faults import fault_injection_mod
-from simulations.task import device, federation, make_method, model_buffer, round_seed
+from simulations.task import device, federation, holdout_partitions, make_method, model_buffer, round_seed
 
 app = ClientApp(mods=[fault_injection_mod])
 
@@ -134,23 +136,55 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 @_fails_in_one_line
 def evaluate_local(msg: Message, context: Context) -> Message:
-    """Evaluate the received model with this client's personal state and adaptation on its test split."""
+    """Evaluate this client's personal model: the received model with the client's own state, adaptation and
+    personalisation step, or for a held-out client what the method allows without federated training
+    (:meth:`~fedetf.methods.LocalMethod.adapt_unseen`); on its own test split or, with
+    ``personal-test=reweighted``, on the global test set weighted by its training label shares."""
     cfg = parse_run_config(context.run_config)
     pid = int(context.node_config["partition-id"])
+    config = dict(msg.content[CONFIG])
+    server_round = int(config.get("server-round", 0))
+    seed = round_seed(cfg.seed, server_round, pid)
+    torch.manual_seed(seed)
     fed = federation(cfg)
     method = make_method(cfg)
     model, initial = model_buffer(method)
-    _, test_loader = fed.client_loaders(pid, cfg.batch_size, cfg.seed, num_workers=cfg.num_workers)
+    train_loader, test_loader = fed.client_loaders(pid, cfg.batch_size, seed, cfg.drop_last, cfg.num_workers)
+    dev = device(cfg)
     rnd = ClientRound(
         label_counts=torch.from_numpy(fed.label_counts(pid)),
         state=_state(msg, context),
         received=_received(msg),
-        config=dict(msg.content[CONFIG]),
+        config=config,
+        server_round=server_round,
+        num_rounds=cfg.num_server_rounds,
+        train_loader=train_loader,
+        device=dev,
     )
+    settings = TrainSettings(cfg.local_epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_grad_norm)
     method.load(model, msg.content[ARRAYS].to_torch_state_dict(), initial, rnd.state, rnd.received)
-    dev = device(cfg)
     model.to(dev)
     method.begin(model, rnd)
-    res = evaluate(method.before_view(model, rnd), test_loader, personal=True, device=dev)
-    metrics = {"num-examples": res.num_examples, "personal-acc": res.acc, "personal-bacc": res.bacc}
-    return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+    unseen = pid in holdout_partitions(cfg)
+    if unseen:
+        personal = method.adapt_unseen(model, train_loader, settings, dev)
+    else:
+        personal = method.personalize(method.before_view(model, rnd), train_loader, settings, dev)
+    if cfg.personal_test == "reweighted":
+        y, p, _ = predict(personal, fed.global_test_loader(cfg.num_workers), True, dev)
+        acc = reweighted_accuracy(y, p, fed.label_counts(pid))
+        bacc, correct, n_test = acc, -1, len(y)
+    else:
+        res = evaluate(personal, test_loader, personal=True, device=dev)
+        acc, bacc, correct, n_test = res.acc, res.bacc, res.num_correct, res.num_examples
+    metrics = ClientEvaluation(
+        partition_id=pid,
+        unseen=int(unseen),
+        personal_acc=acc,
+        personal_bacc=bacc,
+        personal_correct=correct,
+        test_examples=n_test,
+        train_examples=len(train_loader.dataset),
+        num_batches=len(train_loader),
+    )
+    return Message(content=RecordDict({METRICS: metrics.to_record()}), reply_to=msg)

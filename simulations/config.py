@@ -25,6 +25,7 @@ from data_prep.federated import GENERIC_TESTS
 from data_prep.partition import PARTITIONS, PCDD_ASSIGNMENTS
 from fedetf.losses import LOSSES
 from fedetf.methods import LocalMethod, make_settings, setting_key, settings_fields
+from fedetf.metrics import PERSONAL_TESTS
 from fedetf.models import BACKBONES
 from fedetf.settings import Rule, check_setting, setting
 from simulations.placement import DEVICE_SETTINGS
@@ -129,6 +130,24 @@ class RunConfig:
     num_clients: int = setting(10, "number of clients; must equal the federation's `num-supernodes`", ge=1)
     fraction_train: float = setting(1.0, "fraction of the clients sampled each round", gt=0, le=1)
     num_server_rounds: int = setting(20, "federated rounds", ge=1)
+    evaluate_every: int = setting(
+        5,
+        "every client (held-out ones too) evaluates its personal model every N rounds and in the last round "
+        "(fairness columns, `evaluations.csv`); 0 turns this off",
+        ge=0,
+    )
+    holdout_clients: float = setting(
+        0.0,
+        "fraction of the partitions kept out of training (a seeded draw), evaluated as unseen clients",
+        ge=0,
+        lt=1,
+    )
+    personal_test: str = setting(
+        "local",
+        "the all-client evaluation's test set: `local` (each client's own test split) or `reweighted` (the "
+        "global test set, each class weighted by the client's training label share, as FedNH)",
+        choices=PERSONAL_TESTS,
+    )
     local_epochs: int = setting(10, "local epochs per round", ge=1)
     batch_size: int = setting(64, "local batch size", ge=1)
     drop_last: bool = setting(False, "drop each client's last incomplete batch (the FedGELA authors' code does)")

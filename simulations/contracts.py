@@ -104,6 +104,42 @@ class ClientMetrics:
         return {"round": server_round, **asdict(self)}
 
 
+@dataclass(frozen=True)
+class ClientEvaluation:
+    """One client's evaluation (``evaluate-every``): the MetricRecord of its evaluate reply and its row of
+    ``evaluations.csv``. ``personal_acc`` is on its own test split (``personal-test=local``; ``personal_correct``
+    of ``test_examples``) or the global test set reweighted by its training label shares (``reweighted``;
+    ``personal_correct`` is then -1). ``unseen`` marks a held-out client that never trained."""
+
+    partition_id: int
+    unseen: int
+    personal_acc: float
+    personal_bacc: float
+    personal_correct: int
+    test_examples: int = field(metadata={"record": "num-examples"})
+    train_examples: int
+    #: The weighting key of ``aggregation-weight=batches`` (Flower's aggregate_evaluate reads the run's key).
+    num_batches: int
+
+    def to_record(self) -> MetricRecord:
+        from flwr.app import MetricRecord
+
+        return MetricRecord({ClientMetrics.record_key(f): getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> ClientEvaluation:
+        types = typing.get_type_hints(cls)
+        return cls(**{f.name: types[f.name](record[ClientMetrics.record_key(f)]) for f in fields(cls)})
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        """The ``evaluations.csv`` columns: the round, then the fields."""
+        return ["round", *(f.name for f in fields(cls))]
+
+    def row(self, server_round: int) -> dict[str, Any]:
+        return {"round": server_round, **asdict(self)}
+
+
 def error_reply(msg: Message, exc: BaseException) -> Message:
     """A reply to ``msg`` that carries the client's failure as a one-line reason (no traceback is logged)."""
     from flwr.app import Error, Message

@@ -84,6 +84,15 @@ class PartitionOrderedGrid(Grid):
         self.num_partitions = {int(r.content[NODE]["num-partitions"]) for r in replies}
         return self.partition_of
 
+    def without(self, partitions: frozenset[int]) -> PartitionOrderedGrid:
+        """This grid as a strategy should see it when ``partitions`` must never be sampled (held-out clients):
+        the same nodes and messages, minus those partitions' nodes in :meth:`get_node_ids`."""
+        if not partitions:
+            return self
+        view = _Without(self, partitions)
+        view.partition_of, view.num_partitions = self.partition_of, self.num_partitions
+        return view
+
     def _order(self, node_id: int) -> tuple[int, int]:
         return (self.partition_of.get(node_id, 1 << 62), node_id)
 
@@ -110,6 +119,15 @@ class PartitionOrderedGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         replies = self.inner.send_and_receive(messages, timeout=timeout)
         return sorted(replies, key=lambda m: self._order(m.metadata.src_node_id))
+
+
+class _Without(PartitionOrderedGrid):
+    def __init__(self, inner: PartitionOrderedGrid, excluded: frozenset[int]) -> None:
+        super().__init__(inner)
+        self.excluded = excluded
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [n for n in self.inner.get_node_ids() if self.inner.partition_of.get(n) not in self.excluded]
 
 
 class InProcessGrid(Grid):

@@ -1,4 +1,5 @@
-"""Results writing: metrics.csv, clients.csv, run.json (and its one reader, :class:`RunInfo`), the final summary."""
+"""Results writing: metrics.csv, clients.csv, evaluations.csv, run.json (and its one reader, :class:`RunInfo`),
+the final summary."""
 
 from __future__ import annotations
 
@@ -18,8 +19,23 @@ import numpy as np
 import pandas as pd
 
 from fedetf.io import atomic_write_text
-from simulations.contracts import ClientMetrics
+from fedetf.metrics import fairness
+from simulations.contracts import ClientEvaluation, ClientMetrics
 
+#: The all-client evaluation's columns (NaN in rounds without one): the seen clients' pooled accuracy, client
+#: mean, standard deviation, mean of the worst 10% and minimum; how many replied; the held-out clients' pooled,
+#: mean and minimum accuracy.
+EVALUATION_COLUMNS = [
+    "all_personal_acc",
+    "all_personal_acc_mean",
+    "all_personal_acc_std",
+    "all_personal_acc_worst10",
+    "all_personal_acc_min",
+    "evaluated_clients",
+    "unseen_personal_acc",
+    "unseen_personal_acc_mean",
+    "unseen_personal_acc_min",
+]
 METRIC_COLUMNS = [
     "round",
     "generic_acc",
@@ -30,6 +46,7 @@ METRIC_COLUMNS = [
     "personal_acc_before",
     "personal_bacc_before",
     "personal_acc_client_mean",
+    *EVALUATION_COLUMNS,
     "train_loss",
     "num_clients",
     "failed_clients",
@@ -212,6 +229,38 @@ def run_state(run_dir: Path, stale_after: float = 600.0) -> str:
     return RunInfo.load(run_dir).state(stale_after)
 
 
+def pooled(evaluations: list[ClientEvaluation]) -> float:
+    """Correct over test examples (``personal-test=local``), or the train-size-weighted mean of the clients'
+    reweighted accuracies (``reweighted``, whose test set is the global one)."""
+    if not evaluations:
+        return math.nan
+    if any(e.personal_correct < 0 for e in evaluations):
+        weights = np.array([e.train_examples for e in evaluations], dtype=np.float64)
+        return float(np.average([e.personal_acc for e in evaluations], weights=weights)) if weights.sum() else math.nan
+    n = sum(e.test_examples for e in evaluations)
+    return sum(e.personal_correct for e in evaluations) / n if n else math.nan
+
+
+def evaluation_row(evaluations: list[ClientEvaluation]) -> dict[str, Any]:
+    """A round's all-client evaluation columns (:data:`EVALUATION_COLUMNS`; NaN without an evaluation)."""
+    if not evaluations:
+        return dict.fromkeys(EVALUATION_COLUMNS, math.nan)
+    seen = [e for e in evaluations if not e.unseen]
+    unseen = [e for e in evaluations if e.unseen]
+    fair = fairness(np.array([e.personal_acc for e in seen]))
+    return {
+        "all_personal_acc": pooled(seen),
+        "all_personal_acc_mean": fair["mean"],
+        "all_personal_acc_std": fair["std"],
+        "all_personal_acc_worst10": fair["worst10"],
+        "all_personal_acc_min": fair["min"],
+        "evaluated_clients": len(evaluations),
+        "unseen_personal_acc": pooled(unseen),
+        "unseen_personal_acc_mean": fairness(np.array([e.personal_acc for e in unseen]))["mean"],
+        "unseen_personal_acc_min": fairness(np.array([e.personal_acc for e in unseen]))["min"],
+    }
+
+
 def round_row(clients: list[ClientMetrics]) -> dict[str, Any]:
     """A round's personal view over its clients: pooled by test examples, and the plain client mean."""
     n_test = sum(c.test_examples for c in clients)
@@ -252,6 +301,7 @@ class RunRecorder:
         self.client_columns = ClientMetrics.columns(diagnostics)
         self.rounds: list[dict[str, Any]] = []
         self.clients: list[dict[str, Any]] = []
+        self.evaluations: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {"start": time.time()}
         #: What run.json says about the run besides its results (method, strategy class, notes, ...).
         self.about: dict[str, Any] = {}
@@ -266,6 +316,9 @@ class RunRecorder:
         clients = pd.read_csv(out_dir / "clients.csv")
         rec.rounds = metrics[metrics["round"] <= up_to_round].to_dict("records")
         rec.clients = clients[clients["round"] <= up_to_round].to_dict("records")
+        if (out_dir / "evaluations.csv").exists():
+            evaluations = pd.read_csv(out_dir / "evaluations.csv")
+            rec.evaluations = evaluations[evaluations["round"] <= up_to_round].to_dict("records")
         rec.timings = {k: v for k, v in info.timings.items() if k == "start"} or rec.timings
         rec.resumes = [
             *info.resumes,
@@ -274,14 +327,23 @@ class RunRecorder:
         return rec
 
     def add_round(
-        self, server_round: int, generic: dict[str, float], clients: list[ClientMetrics], failed: int, seconds: float
+        self,
+        server_round: int,
+        generic: dict[str, float],
+        clients: list[ClientMetrics],
+        failed: int,
+        seconds: float,
+        evaluations: list[ClientEvaluation] | None = None,
     ) -> dict[str, Any]:
-        """Record a round (its generic metrics, its clients' metrics, how many failed); write; return its row."""
+        """Record a round (its generic metrics, its clients' metrics, how many failed, the all-client evaluation);
+        write; return its row."""
         self.clients.extend(c.row(server_round) for c in clients)
+        self.evaluations.extend(e.row(server_round) for e in evaluations or [])
         row = {
             "round": server_round,
             **generic,
             **round_row(clients),
+            **evaluation_row(evaluations or []),
             "failed_clients": failed,
             "round_seconds": seconds,
         }
@@ -298,6 +360,10 @@ class RunRecorder:
         atomic_write_text(self.out_dir / "metrics.csv", self.metrics.to_csv(index=False))
         atomic_write_text(
             self.out_dir / "clients.csv", pd.DataFrame(self.clients, columns=self.client_columns).to_csv(index=False)
+        )
+        atomic_write_text(
+            self.out_dir / "evaluations.csv",
+            pd.DataFrame(self.evaluations, columns=ClientEvaluation.columns()).to_csv(index=False),
         )
         timings = dict(self.timings)
         if status != "running":
@@ -324,17 +390,19 @@ def summarize(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Last-round and best-round values of the personal and generic views (NaN throughout: no best round)."""
     out: dict[str, dict[str, float]] = {}
     last = metrics.iloc[-1]
-    for view in ("generic", "personal", "personal_before"):
-        for m in ("acc", "bacc"):
-            col = f"{view}_{m}" if view != "personal_before" else f"personal_{m}_before"
-            values = metrics[col].astype(float)
-            best = int(values.idxmax()) if values.notna().any() else None
-            out[col] = {
-                "last": float(last[col]),
-                "last_round": int(last["round"]),
-                "best": float(metrics.loc[best, col]) if best is not None else math.nan,
-                "best_round": int(metrics.loc[best, "round"]) if best is not None else None,
-            }
+    columns = ["generic_acc", "generic_bacc", "personal_acc", "personal_bacc", "personal_acc_before"]
+    columns += ["personal_bacc_before", "all_personal_acc", "all_personal_acc_worst10", "unseen_personal_acc"]
+    for col in columns:
+        if col.startswith(("all_", "unseen_")) and (col not in metrics or metrics[col].isna().all()):
+            continue  # no all-client evaluation (or no held-out client) in this run
+        values = metrics[col].astype(float)
+        best = int(values.idxmax()) if values.notna().any() else None
+        out[col] = {
+            "last": float(last[col]),
+            "last_round": int(last["round"]),
+            "best": float(metrics.loc[best, col]) if best is not None else math.nan,
+            "best_round": int(metrics.loc[best, "round"]) if best is not None else None,
+        }
     return out
 
 

@@ -1,13 +1,12 @@
 """The round loop: Flower's ``Strategy.start``, step by step, plus what fedetf records and checkpoints.
 
-Per round: seed the client sampling, let the strategy configure training, add a
-resumed client's checkpointed state to its own message, send, take the clients'
-states and metrics out of the replies, let the strategy aggregate, run the
-strategy's client-side evaluation, evaluate the global model, record,
-checkpoint, log. The strategy is called only through its public hooks
-(``configure_train``, ``aggregate_train``, ``configure_evaluate``,
-``aggregate_evaluate``) and never altered; a resumed run starts at the
-checkpoint's next round, so every hook sees the true round number.
+Per round: seed the client sampling, let the strategy configure training (held-out clients are never sampled),
+add a resumed client's checkpointed state to its own message, send, take the clients' states and metrics out
+of the replies, let the strategy aggregate, every ``evaluate-every`` rounds let every client evaluate its
+personal model through the strategy's evaluate phase, evaluate the global model, record, checkpoint, log. The
+strategy is called only through its public hooks (``configure_train``, ``aggregate_train``,
+``configure_evaluate``, ``aggregate_evaluate``) and never altered; a resumed run starts at the checkpoint's
+next round, so every hook sees the true round number.
 """
 
 from __future__ import annotations
@@ -30,10 +29,18 @@ from fedetf.methods.base import Tensors
 from fedetf.train import evaluate, generic_diagnostics
 from simulations import checkpoint
 from simulations.config import RunConfig
-from simulations.contracts import CLIENT_STATE, METRICS, RESTORE_STATE, SEND_STATE, ClientMetrics, error_reason
+from simulations.contracts import (
+    CLIENT_STATE,
+    METRICS,
+    RESTORE_STATE,
+    SEND_STATE,
+    ClientEvaluation,
+    ClientMetrics,
+    error_reason,
+)
 from simulations.grid import PartitionOrderedGrid
 from simulations.results import RunRecorder
-from simulations.task import device, federation, model_buffer, round_seed
+from simulations.task import device, federation, holdout_partitions, model_buffer, round_seed
 
 #: Seconds to wait for a round's replies (``Strategy.start``'s default).
 TIMEOUT = 3600.0
@@ -68,11 +75,12 @@ def run_rounds(
     if cfg.checkpoint_every:
         train_config[SEND_STATE] = True
     evaluate_config = ConfigRecord({"method": method.name})
+    train_grid = grid.without(holdout_partitions(cfg))  # held-out clients are never sampled for training
     log_start(start.done, global_model.evaluate(arrays, start.done))
     for rnd in range(start.done + 1, cfg.num_server_rounds + 1):
         began = time.time()
         random.seed(round_seed(cfg.seed, rnd, -1))  # Flower samples nodes with the global `random`
-        messages = strategy.configure_train(rnd, arrays, train_config, grid)
+        messages = strategy.configure_train(rnd, arrays, train_config, train_grid)
         replies = exchange(grid, with_restore(messages, grid.partition_of, restore))
         clients, new_states, errors = take_client_results(replies, grid.partition_of)
         if not clients:
@@ -81,10 +89,16 @@ def run_rounds(
         restore = {p: s for p, s in restore.items() if p not in {c.partition_id for c in clients}}
         aggregated, _ = strategy.aggregate_train(rnd, replies)
         arrays = arrays if aggregated is None else aggregated  # as Strategy.start: keep the model if none came
-        evaluate_replies = exchange(grid, strategy.configure_evaluate(rnd, arrays, evaluate_config, grid))
-        strategy.aggregate_evaluate(rnd, evaluate_replies)
+        evaluations: list[ClientEvaluation] = []
+        if evaluation_due(rnd, cfg.evaluate_every, cfg.num_server_rounds):  # every client, held-out ones too
+            evaluate_messages = strategy.configure_evaluate(rnd, arrays, evaluate_config, grid)
+            evaluate_replies = exchange(grid, with_restore(evaluate_messages, grid.partition_of, restore))
+            strategy.aggregate_evaluate(rnd, evaluate_replies)
+            evaluations = [
+                ClientEvaluation.from_record(r.content[METRICS]) for r in evaluate_replies if not r.has_error()
+            ]
         generic = global_model.evaluate(arrays, rnd)
-        row = recorder.add_round(rnd, generic, clients, len(errors), time.time() - began)
+        row = recorder.add_round(rnd, generic, clients, len(errors), time.time() - began, evaluations)
         if checkpoint.due(rnd, cfg.checkpoint_every, cfg.num_server_rounds):
             checkpoint.save(
                 recorder.out_dir,
@@ -96,6 +110,11 @@ def run_rounds(
             )
         log_round(row)
     return arrays
+
+
+def evaluation_due(rnd: int, every: int, num_rounds: int) -> bool:
+    """Whether round ``rnd`` evaluates every client: every ``every`` rounds and the last (never for 0)."""
+    return every > 0 and (rnd % every == 0 or rnd == num_rounds)
 
 
 def exchange(grid: PartitionOrderedGrid, messages: Iterable[Message]) -> list[Message]:

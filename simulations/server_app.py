@@ -38,7 +38,7 @@ from simulations.results import (
     fresh_output_dir,
 )
 from simulations.rounds import RoundFailed, Start, run_rounds
-from simulations.task import device, federation, make_method, model_buffer
+from simulations.task import device, federation, holdout_partitions, make_method, model_buffer
 from strategies.registry import StrategyError, accepted_kwargs, build_strategy, server_class
 
 app = ServerApp()
@@ -146,7 +146,7 @@ def build_server(cfg: RunConfig, method: LocalMethod) -> Strategy:
     try:
         return build_strategy(
             cls,
-            num_clients=cfg.num_clients,
+            num_clients=cfg.num_clients - len(holdout_partitions(cfg)),
             fraction_train=cfg.fraction_train,
             weighted_by_key="num-batches" if cfg.aggregation_weight == "batches" else "num-examples",
             extra=cfg.server_kwargs,

@@ -84,3 +84,13 @@ def device(cfg: RunConfig) -> torch.device:
 def round_seed(seed: int, server_round: int, partition_id: int) -> int:
     """A seed unique to (run seed, round, client) for shuffling and dropout (``partition_id=-1``: the server)."""
     return int(np.random.SeedSequence([seed, server_round, partition_id + 1]).generate_state(1)[0])
+
+
+def holdout_partitions(cfg: RunConfig) -> frozenset[int]:
+    """The partitions kept out of training (``holdout-clients``): a draw seeded by the run's seed, at least one
+    when the fraction is above 0, and never every client."""
+    if cfg.holdout_clients <= 0:
+        return frozenset()
+    n = min(cfg.num_clients - 1, max(1, round(cfg.holdout_clients * cfg.num_clients)))
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x4F1D]))
+    return frozenset(int(p) for p in rng.choice(cfg.num_clients, size=n, replace=False))

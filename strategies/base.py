@@ -44,6 +44,15 @@ class MethodStrategy(FedAvg):
                 msg.content[key] = record
         return messages
 
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        for msg in messages:  # a personal model needs what training received (e.g. FedGELA's ETF, FedNH's prototypes)
+            for key, record in self.broadcast.items():
+                msg.content[key] = record
+        return messages
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -181,10 +181,10 @@ def build_strategy(
     ok = accepted_kwargs(cls)
     base: dict[str, Any] = {
         "fraction_train": fraction_train,
-        "fraction_evaluate": 0.0,  # personal accuracy comes with the train replies
+        "fraction_evaluate": 1.0,  # every client, in the rounds the run evaluates (evaluate-every)
         "min_train_nodes": 1,
         "min_evaluate_nodes": 0,
-        "min_available_nodes": num_clients,
+        "min_available_nodes": num_clients,  # the training clients (held-out ones are never sampled)
         "weighted_by_key": weighted_by_key,
         "train_loss_key": "train-loss",  # QFedAvg's fairness weights read the clients' training loss
         **(method_kwargs or {}),

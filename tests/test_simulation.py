@@ -202,6 +202,7 @@ def test_per_client_state_is_isolated_and_persists(tmp_path: Path) -> None:
             "fraction-train": 0.5,
             "num-server-rounds": 4,
             "local-epochs": 1,
+            "evaluate-every": 0,  # the probe logs every begin(); the all-client evaluation would add its own
         },
     )
     fed = load_federation("digits", "pcdd", 6, 0, 3, 0.5, (("data-root", ""), ("download", False)))

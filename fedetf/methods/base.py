@@ -263,6 +263,12 @@ class LocalMethod:
         changed in place, since its shared weights are already sent)."""
         return model
 
+    def adapt_unseen(self, model: FedModel, loader: Any, base: TrainSettings, device: torch.device | str) -> FedModel:
+        """The personal model of a client that never trained in the federation (``holdout-clients``), from the
+        received model as :meth:`begin` adapted it: what the method allows without federated training. By
+        default its personalisation step (FedBABU's and FedETF's fine-tuning; none for FedAvg)."""
+        return self.personalize(model, loader, base, device)
+
     # -- the server side's view ---------------------------------------------
     def server_kwargs(self) -> dict[str, Any]:
         """Constructor arguments for the method's server strategy."""

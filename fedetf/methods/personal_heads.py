@@ -39,6 +39,16 @@ class FedPer(LocalMethod):
     local_prefixes = ("classifier.",)
     personal_prefixes = ("classifier.",)
 
+    def unseen_head_epochs(self, base: TrainSettings) -> int:
+        return base.epochs
+
+    def adapt_unseen(self, model: FedModel, loader: Any, base: TrainSettings, device: Any) -> FedModel:
+        """A fresh head (the seeded initial one) trained on the client's data over the received body."""
+        personal = copy.deepcopy(model)
+        _, head = split_head(personal)
+        fine_tune(personal, [Phase(head, self.unseen_head_epochs(base), base.lr, "head")], loader, base, device)
+        return personal
+
 
 class FedRep(FedPer):
     """FedRep's client: the head alone for ``local-epochs - body-epochs`` epochs, then the body alone.
@@ -61,11 +71,14 @@ class FedRep(FedPer):
     def begin(self, model: FedModel, rnd: ClientRound) -> None:
         self._last = rnd.last
 
+    def unseen_head_epochs(self, base: TrainSettings) -> int:
+        return max(10, base.epochs - min(self.settings.body_epochs, base.epochs))  # its last round's head epochs
+
     def phases(self, model: FedModel, base: TrainSettings) -> list[Phase]:
         body, head = split_head(model)
         body_epochs = min(self.settings.body_epochs, base.epochs)
         if self._last:
-            return [Phase(head, max(10, base.epochs - body_epochs), base.lr, "head")]
+            return [Phase(head, self.unseen_head_epochs(base), base.lr, "head")]
         return [
             Phase(head, base.epochs - body_epochs, base.lr, "head"),
             Phase(body, body_epochs, base.lr, "body"),

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import rcParams
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from fedetf.io import atomic_path
@@ -143,6 +144,35 @@ def plot_heatmap(table: pd.DataFrame, path: Path, title: str) -> None:
             if not np.isnan(v):
                 ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
     fig.colorbar(image, ax=ax, label="%")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_client_distribution(evaluations: pd.DataFrame, path: Path, title: str) -> None:
+    """Per group, a violin of the clients' personal accuracies (seen clients; held-out ones beside, hatched)."""
+    labels = list(dict.fromkeys(evaluations["group"]))
+    fig = Figure(figsize=(max(5.0, 0.9 * len(labels) + 2.5), 4.0))
+    ax = fig.subplots()
+    handles: list[Patch] = []
+    for unseen, offset, hatch in ((0, 0.0, None), (1, 0.3, "//")):
+        part = evaluations[evaluations["unseen"] == unseen]
+        data = [100 * part.loc[part["group"] == g, "personal_acc"].dropna().to_numpy() for g in labels]
+        where = [i + offset for i, d in enumerate(data) if len(d)]
+        data = [d for d in data if len(d)]
+        if not data:
+            continue
+        body = ax.violinplot(data, positions=where, widths=0.5 if not unseen else 0.25, showmedians=True)
+        for b in body["bodies"]:
+            b.set_alpha(0.6)
+            b.set_hatch(hatch)
+        color = body["bodies"][0].get_facecolor()[0]
+        handles.append(Patch(facecolor=color, hatch=hatch, label="held-out clients" if unseen else "clients"))
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("personal accuracy (%)")
+    ax.set_ylim(0, 100)
+    if len(handles) > 1:
+        ax.legend(handles=handles, fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     _save(fig, path)

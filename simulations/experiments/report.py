@@ -8,7 +8,8 @@ runs (and ``sweep.json`` of a sweep, for its failed runs and its grid keys). It 
 (per group, the mean over seeds of each run's mean of the last k rounds, the difference to the
 baseline paired by seed with its spread, the seeds won) and, apart, the best-round numbers, and
 writes into ``--out`` (default ``SWEEP_DIR/report``): ``table.md``, ``table.csv`` (every statistic
-of every view), ``curves_acc.png``, ``curves_bacc.png``, ``heatmap.png``/``.csv``, ``nc_*.png``
+of every view), ``curves_acc.png``, ``curves_bacc.png``, ``heatmap.png``/``.csv``, ``clients.png``/``.csv``
+(the distribution of every client's personal accuracy, from ``evaluations.csv``), ``nc_*.png``
 (when the runs have neural-collapse columns) and ``index.html``, one self-contained page.
 """
 
@@ -39,6 +40,10 @@ VIEW_TEXT = {
     "personal_bacc": "personal balanced accuracy after local training",
     "personal_bacc_before": "personal balanced accuracy before local training",
     "generic_bacc": "generic balanced accuracy",
+    "all_personal_acc": "every client's personal accuracy, pooled (the all-client evaluation)",
+    "all_personal_acc_worst10": "mean personal accuracy of the worst 10% of clients",
+    "all_personal_acc_min": "the worst client's personal accuracy",
+    "unseen_personal_acc": "held-out clients' personal accuracy, pooled (clients that never trained)",
 }
 EXCLUDED_BY = {"seed", "output-dir", "strategy", "method", "run_dir", "rounds"}
 CSS = """
@@ -223,7 +228,7 @@ def build_report(
 
     shown: list[tuple[Path, str]] = []
     for m, metric_views in per_metric.items():
-        curves = [v for v in metric_views if not v.endswith("client_mean")]
+        curves = [v for v in metric_views if not v.endswith("client_mean") and v not in stats.FAIRNESS_VIEWS]
         if curves:
             path = out / f"curves_{m}.png"
             figures.plot_curves(frame, by, curves, path)
@@ -245,6 +250,20 @@ def build_report(
             )
         )
         files.append(out / "heatmap.csv")
+    spread = stats.client_evaluations(frame, by, last_k)
+    if not spread.empty:
+        figures.plot_client_distribution(
+            spread, out / "clients.png", f"personal accuracy per client, mean of its last {last_k} evaluations"
+        )
+        atomic_write_text(out / "clients.csv", spread.to_csv(index=False))
+        heat_shown.append(
+            (
+                out / "clients.png",
+                f"the distribution of the clients' personal accuracy (every client, each the mean of its last "
+                f"{last_k} evaluations; one point per client and seed); held-out clients beside, hatched",
+            )
+        )
+        files.append(out / "clients.csv")
     nc, nc_notes = figures.nc_figures(frame, by, out)
     notes += nc_notes
     files += [p for p, _ in shown + heat_shown + nc]

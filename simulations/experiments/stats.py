@@ -29,6 +29,9 @@ STAT_NAMES = {"last": "last round", "best": "best round"}
 #: metrics.csv columns compared for ``--metric m``, in table order; each is used only if present in all runs.
 VIEW_TEMPLATES = ("generic_{m}", "personal_{m}", "personal_{m}_before", "personal_{m}_client_mean")
 VIEWS = ("personal_acc", "generic_acc", "personal_bacc", "generic_bacc")
+#: The all-client evaluation's views (``evaluate-every``), compared with ``--metric acc``: pooled, worst 10% of
+#: clients, minimum, and the held-out clients' pooled accuracy.
+FAIRNESS_VIEWS = ("all_personal_acc", "all_personal_acc_worst10", "all_personal_acc_min", "unseen_personal_acc")
 
 
 def stats(last_k: int = 5) -> tuple[str, ...]:
@@ -43,7 +46,7 @@ def stat_name(stat: str) -> str:
 
 def views_for(metric: str, runs: pd.DataFrame, last_k: int = 5) -> tuple[str, ...]:
     """The views of ``metric`` (``"acc"`` or ``"bacc"``) that every run in ``runs`` has."""
-    views = [t.format(m=metric) for t in VIEW_TEMPLATES]
+    views = [t.format(m=metric) for t in VIEW_TEMPLATES] + (list(FAIRNESS_VIEWS) if metric == "acc" else [])
     return tuple(v for v in views if f"{v}_last{last_k}" in runs.columns and runs[f"{v}_last{last_k}"].notna().all())
 
 
@@ -302,3 +305,25 @@ def client_table(runs: pd.DataFrame, by: Sequence[str], view: str = "personal_ac
     table = pd.DataFrame(columns)
     table.index.name = "partition_id"
     return table.sort_index()
+
+
+def client_evaluations(runs: pd.DataFrame, by: Sequence[str], last_k: int = 5) -> pd.DataFrame:
+    """One row per (run, client) of the all-client evaluation (``evaluations.csv``): the group's label
+    (``group``), ``seed``, ``partition_id``, ``unseen`` and ``personal_acc``, the mean of the client's last
+    ``last_k`` evaluations. Empty when no run has evaluations."""
+    rows = []
+    for key, g in groups(runs, by):
+        label = curve_label(key, by)
+        for _, run in g.iterrows():
+            path = Path(run["run_dir"]) / "evaluations.csv"
+            if not path.exists():
+                continue
+            ev = pd.read_csv(path).sort_values("round")
+            if ev.empty:
+                continue
+            last = ev.groupby(["partition_id", "unseen"])["personal_acc"].apply(lambda s: s.iloc[-last_k:].mean())
+            for (pid, unseen), acc in last.items():
+                rows.append(
+                    {"group": label, "seed": run["seed"], "partition_id": pid, "unseen": unseen, "personal_acc": acc}
+                )
+    return pd.DataFrame(rows, columns=["group", "seed", "partition_id", "unseen", "personal_acc"])
