@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedetf.metrics import fairness
 from simulations.experiments.plan import toml_value
 from simulations.experiments.runs import finished
 from simulations.experiments.state import move_aside, resumable
@@ -69,6 +70,18 @@ SETTINGS: dict[str, dict[str, object]] = {
 }
 COMMON = {"num-clients": 10, "num-server-rounds": 20, "local-epochs": 10}
 VIEWS = ("generic_acc", "personal_acc_before", "personal_acc")
+#: The worst 10% of clients' personal accuracy after local training (from clients.csv; every client trains
+#: every round in these settings).
+WORST = "personal_acc_worst10"
+
+
+def worst_clients(run_dir: Path, last_k: int = 5) -> dict[str, float]:
+    """Per round, the mean personal accuracy (after local training) of the worst 10% of the round's clients
+    (at least one); its last round, best round and mean of the last ``last_k`` rounds."""
+    clients = pd.read_csv(run_dir / "clients.csv")
+    per_round = clients.groupby("round")["personal_acc"].apply(lambda a: fairness(a.to_numpy())["worst10"])
+    per_round = per_round.sort_index()
+    return {"last": per_round.iloc[-1], "best": per_round.max(), f"last{last_k}": per_round.iloc[-last_k:].mean()}
 
 
 def seeds(text: str) -> list[int]:
@@ -175,14 +188,16 @@ def table(out: Path, setting: str, last_k: int = 5) -> pd.DataFrame:
     dirs = [d for d in sorted((out / setting).glob("*/runs/*")) if finished(d)]
     runs = load_runs(dirs, last_k=last_k)
     runs["method"] = [Path(d).parent.parent.name for d in runs["run_dir"]]  # the row name
-    summary = summary_table(runs, ["method"], VIEWS, last_k=last_k, baseline="fedavg")
+    worst = pd.DataFrame([worst_clients(Path(d), last_k) for d in runs["run_dir"]], index=runs.index)
+    runs[[f"{WORST}_{c}" for c in worst.columns]] = worst.to_numpy()
+    summary = summary_table(runs, ["method"], (*VIEWS, WORST), last_k=last_k, baseline="fedavg")
     order = [r for r in ROWS if r in summary.index] + [r for r in summary.index if r not in ROWS]
     summary = summary.reindex(order)
     cols: dict[str, list[str]] = {"row": [], "seeds": []}
     for row, r in summary.iterrows():
         cols["row"].append(str(row))
         cols["seeds"].append(str(int(r["runs"])))
-        for v in VIEWS:
+        for v in (*VIEWS, WORST):
             mean, std = r[f"{v}_last{last_k}"], r[f"{v}_last{last_k}_std"]
             cols.setdefault(f"{v} (last {last_k})", []).append("n/a" if pd.isna(mean) else _pct(mean, std))
         for v in VIEWS:

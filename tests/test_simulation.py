@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from simulations.contracts import ClientEvaluation
 from simulations.results import CLIENT_COLUMNS, METRIC_COLUMNS, RunInfo
 from strategies.registry import METHODS, resolve_method
 from tests.inprocess import run_in_process
@@ -49,6 +50,16 @@ def test_results_files(runs: dict[str, Path], name: str) -> None:
         assert c["personal_acc"].mean() == pytest.approx(row["personal_acc_client_mean"])
         before = (c["personal_acc_before"] * c["test_examples"]).sum() / c["test_examples"].sum()
         assert before == pytest.approx(row["personal_acc_before"])
+    # The all-client evaluation runs in the last round (evaluate-every=5 > 2 rounds): one row per client.
+    evaluations = pd.read_csv(out / "evaluations.csv")
+    assert list(evaluations.columns) == ClientEvaluation.columns()
+    assert evaluations["round"].tolist() == [2] * 10 and sorted(evaluations["partition_id"]) == list(range(10))
+    assert metrics["all_personal_acc"].isna().tolist() == [True, False]
+    last = metrics.set_index("round").loc[2]
+    assert last["all_personal_acc"] == pytest.approx(
+        evaluations["personal_correct"].sum() / evaluations["test_examples"].sum()
+    )
+    assert last["all_personal_acc_min"] == pytest.approx(evaluations["personal_acc"].min())
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "finished" and info["config"]["method"] == name and info["method"] == name
     assert info["versions"]["flwr"].startswith("1.42")
@@ -122,6 +133,13 @@ def test_report_table_and_curves(runs: dict[str, Path], tmp_path: Path, capsys: 
     assert table.loc["fedgela", "generic_bacc_last_std"] == 0  # two identical seeded runs
     assert "generic_bacc" in capsys.readouterr().out
     assert (out / "curves_bacc.png").stat().st_size > 1000
+    # The distribution of every client's personal accuracy: one point per (run, client), from evaluations.csv.
+    spread = pd.read_csv(out / "clients.csv")
+    fedavg = spread[spread["group"] == "fedavg"].set_index("partition_id")["personal_acc"].sort_index()
+    evaluated = pd.read_csv(runs["fedavg"] / "evaluations.csv").set_index("partition_id")["personal_acc"]
+    assert fedavg.tolist() == pytest.approx(evaluated.sort_index().tolist())
+    assert len(spread[spread["group"] == "fedgela"]) == 20  # two runs of ten clients
+    assert (out / "clients.png").stat().st_size > 1000
 
 
 METHOD_RUNS = {
