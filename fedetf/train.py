@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -65,20 +66,22 @@ def run_phases(
                 continue
             momentum = settings.momentum if phase.momentum is None else phase.momentum
             decay = settings.weight_decay if phase.weight_decay is None else phase.weight_decay
-            groups = [{"params": params, "momentum": momentum, "weight_decay": decay}]
-            if plain:
-                groups.append({"params": plain, "momentum": 0.0, "weight_decay": 0.0})
-            opt = torch.optim.SGD(groups, lr=phase.lr)
+            kind = phase.optimizer or settings.optimizer
+            opts = [make_optimizer(kind, params, phase.lr, momentum, decay)]
+            if plain:  # plain SGD, whatever the run's optimizer (e.g. FedRoD's personal head)
+                opts.append(torch.optim.SGD(plain, lr=phase.lr))
             for _ in range(phase.epochs):
                 for x, y in loader:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    opt.zero_grad(set_to_none=True)
+                    for opt in opts:
+                        opt.zero_grad(set_to_none=True)
                     loss = loss_fn(model, x, y)
                     loss.backward()
                     if before_step is not None:
                         before_step(model)
                     torch.nn.utils.clip_grad_norm_(params, settings.clip_grad_norm)
-                    opt.step()
+                    for opt in opts:
+                        opt.step()
                     total += loss.detach()
                     steps += 1
                 if not torch.isfinite(total):  # one check per epoch: no device sync per step
@@ -90,6 +93,36 @@ def run_phases(
         for p, flag in zip(all_params, flags, strict=True):
             p.requires_grad_(flag)
     return (float(total) / steps if steps else float("nan")), steps
+
+
+def make_optimizer(
+    kind: str, params: list[nn.Parameter], lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """A fresh optimizer of ``kind`` (:data:`~fedetf.methods.base.OPTIMIZERS`); ``momentum`` applies to SGD only."""
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer={kind!r}; allowed: 'sgd', 'adam', 'adamw'")
+
+
+def round_lr(lr: float, schedule: str, decay: float, server_round: int, num_rounds: int) -> float:
+    """The local learning rate of ``server_round`` (1-based): ``constant``; ``exponential``, ``lr * decay**(r-1)``;
+    ``cosine`` over the rounds, ``lr * (1 + cos(pi (r-1) / R)) / 2`` (never 0 in the last round)."""
+    server_round = max(1, server_round)
+    if schedule == "constant":
+        return lr
+    if schedule == "exponential":
+        return lr * decay ** (server_round - 1)
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / max(1, num_rounds)))
+    raise ValueError(f"lr-schedule={schedule!r}; allowed: {', '.join(map(repr, LR_SCHEDULES))}")
+
+
+#: Learning-rate schedules over rounds (run config ``lr-schedule``).
+LR_SCHEDULES = ("constant", "exponential", "cosine")
 
 
 def _ordered(model_params: list[nn.Parameter], chosen: list[nn.Parameter]) -> list[nn.Parameter]:

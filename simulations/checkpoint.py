@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
+from flwr.serverapp.strategy import Strategy
 
 from fedetf.io import atomic_path
 
@@ -73,6 +74,9 @@ def strategy_state(strategy: Any) -> dict[str, Any]:
     """The strategy's storable attributes (arrays, records, numbers, strings, containers of them)."""
     out = {}
     for name, value in vars(strategy).items():
+        if isinstance(value, Strategy):  # a wrapper's wrapped strategy (e.g. Flower's DP wrappers)
+            out[name] = {"__strategy__": strategy_state(value)}
+            continue
         encoded = _encode(value)
         if encoded is not _SKIP:
             out[name] = encoded
@@ -81,7 +85,10 @@ def strategy_state(strategy: Any) -> dict[str, Any]:
 
 def restore_strategy(strategy: Any, state: dict[str, Any]) -> None:
     for name, value in state.items():
-        setattr(strategy, name, _decode(value))
+        if isinstance(value, dict) and "__strategy__" in value:
+            restore_strategy(getattr(strategy, name), value["__strategy__"])
+        else:
+            setattr(strategy, name, _decode(value))
 
 
 def due(server_round: int, every: int, last: int) -> bool:

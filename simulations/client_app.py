@@ -11,14 +11,17 @@ import functools
 from collections.abc import Callable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from data_prep.datasets import DatasetError
 from fedetf.methods import ClientRound, TrainSettings
 from fedetf.metrics import reweighted_accuracy
-from fedetf.train import NonFiniteError, client_diagnostics, client_round, evaluate, predict
-from simulations.config import parse_run_config
+from fedetf.train import NonFiniteError, client_diagnostics, client_round, evaluate, predict, round_lr
+from simulations.config import RunConfig, parse_run_config
 from simulations.contracts import (
     ARRAYS,
     CLIENT_STATE,
@@ -34,7 +37,16 @@ from simulations.contracts import (
 from simulations.faults import fault_injection_mod
 from simulations.task import device, federation, holdout_partitions, make_method, model_buffer, round_seed
 
-app = ClientApp(mods=[fault_injection_mod])
+
+def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``fixedclipping_mod`` on the train messages of ``dp='client-fixed'`` (they carry the norm)."""
+    config = msg.content.config_records.get(CONFIG)
+    if msg.metadata.message_type == MessageType.TRAIN and config is not None and KEY_CLIPPING_NORM in config:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(mods=[fault_injection_mod, dp_clipping_mod])
 
 #: The key of the method's per-client state in ``context.state`` (an ArrayRecord of named tensors).
 STATE_KEY = "fedetf.method-state"
@@ -72,6 +84,12 @@ def _received(msg: Message) -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
+def train_settings(cfg: RunConfig, server_round: int) -> TrainSettings:
+    """The shared local optimisation settings of ``server_round`` (its scheduled lr)."""
+    lr = round_lr(cfg.lr, cfg.lr_schedule, cfg.lr_decay, server_round, cfg.num_server_rounds)
+    return TrainSettings(cfg.local_epochs, lr, cfg.momentum, cfg.weight_decay, cfg.clip_grad_norm, cfg.optimizer)
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Handshake: report this node's partition id and the number of partitions."""
@@ -101,7 +119,7 @@ def train(msg: Message, context: Context) -> Message:
         server_round=server_round,
         num_rounds=cfg.num_server_rounds,
     )
-    settings = TrainSettings(cfg.local_epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_grad_norm)
+    settings = train_settings(cfg, server_round)
     shared = msg.content[ARRAYS].to_torch_state_dict()
     dev = device(cfg)
     diagnose = None
@@ -161,7 +179,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         train_loader=train_loader,
         device=dev,
     )
-    settings = TrainSettings(cfg.local_epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_grad_norm)
+    settings = train_settings(cfg, server_round)
     method.load(model, msg.content[ARRAYS].to_torch_state_dict(), initial, rnd.state, rnd.received)
     model.to(dev)
     method.begin(model, rnd)

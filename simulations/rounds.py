@@ -41,6 +41,7 @@ from simulations.contracts import (
 from simulations.grid import PartitionOrderedGrid
 from simulations.results import RunRecorder
 from simulations.task import device, federation, holdout_partitions, model_buffer, round_seed
+from strategies.privacy import innermost
 
 #: Seconds to wait for a round's replies (``Strategy.start``'s default).
 TIMEOUT = 3600.0
@@ -185,7 +186,8 @@ class GlobalModel:
         if the model is no longer finite."""
         if not self.exists:
             return {"generic_acc": math.nan, "generic_bacc": math.nan, "generic_loss": math.nan}
-        received = {k: r.to_torch_state_dict() for k, r in getattr(self.strategy, "broadcast", {}).items()}
+        broadcast = getattr(innermost(self.strategy), "broadcast", {})  # under a DP wrapper, the wrapped one's
+        received = {k: r.to_torch_state_dict() for k, r in broadcast.items()}
         self.method.load(self.model, arrays.to_torch_state_dict(), self.initial, {}, received)
         res = evaluate(self.model, self.test_loader, personal=False, device=self.dev)
         if not np.isfinite(res.loss) and res.num_examples:

@@ -78,6 +78,8 @@ class Phase:
     momentum: float | None = None
     weight_decay: float | None = None
     plain: list[nn.Parameter] = field(default_factory=list)
+    #: None: the run's optimizer; ``"sgd"`` for a procedure its authors ran with SGD (e.g. FedBABU's fine-tuning).
+    optimizer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,12 @@ class TrainSettings:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     clip_grad_norm: float = 20.0
+    #: One of :data:`OPTIMIZERS`; ``momentum`` is SGD's (Adam and AdamW keep their default betas).
+    optimizer: str = "sgd"
+
+
+#: The local optimizers (run config ``optimizer``); each is rebuilt every phase and round.
+OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 @dataclass
@@ -150,6 +158,8 @@ class LocalMethod:
     projection: ClassVar[str] = "mlp"
     local_prefixes: ClassVar[tuple[str, ...]] = ()
     personal_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: Why the method is correct only under SGD (it then refuses ``optimizer='adam'`` and ``'adamw'``), or ``""``.
+    sgd_only: ClassVar[str] = ""
 
     def __init__(self, spec: ModelSpec, settings: Any = None) -> None:
         self.spec = spec
@@ -270,6 +280,10 @@ class LocalMethod:
         return self.personalize(model, loader, base, device)
 
     # -- the server side's view ---------------------------------------------
+    def sends_records(self) -> bool:
+        """Whether train replies carry ArrayRecords besides the shared weights (:meth:`end`'s extras)."""
+        return False
+
     def server_kwargs(self) -> dict[str, Any]:
         """Constructor arguments for the method's server strategy."""
         return {}

@@ -84,7 +84,7 @@ class Ditto(LocalMethod):
         personal = self._stored(model, rnd.state)
         base = self._base
         epochs = self.settings.personal_epochs or base.epochs
-        plain = replace(base, momentum=0.0, weight_decay=0.0, clip_grad_norm=float("inf"))
+        plain = replace(base, momentum=0.0, weight_decay=0.0, clip_grad_norm=float("inf"), optimizer="sgd")
         lam = self.settings.lam
 
         def loss(m: FedModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

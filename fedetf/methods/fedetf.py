@@ -72,8 +72,8 @@ class FedETF(LocalMethod):
         head.etf = etf
         projection = list(personal.feature_head.parameters())
         cycle = [
-            Phase([etf], s.finetune_epochs, s.etf_lr, "fine-tune ETF", momentum=0.0, weight_decay=0.0),
-            Phase(projection, s.finetune_epochs, s.projection_lr, "fine-tune projection"),
+            Phase([etf], s.finetune_epochs, s.etf_lr, "fine-tune ETF", momentum=0.0, weight_decay=0.0, optimizer="sgd"),
+            Phase(projection, s.finetune_epochs, s.projection_lr, "fine-tune projection", optimizer="sgd"),
         ]
         fine_tune(personal, cycle * s.finetune_cycles, loader, base, device)
         return personal

@@ -139,6 +139,9 @@ class FedGELA(LocalMethod):
         sums, counts = class_feature_sums(model, rnd.train_loader, len(rnd.label_counts), rnd.device)
         return {CLASS_STATS_KEY: {"sums": sums, "counts": counts}}
 
+    def sends_records(self) -> bool:
+        return bool(self.settings.nearest_etf)
+
     def server_kwargs(self) -> dict[str, Any]:
         s = self.settings
         if not s.nearest_etf:

@@ -88,5 +88,8 @@ class FedNH(LocalMethod):
         sums, counts = class_feature_sums(model, rnd.train_loader, len(rnd.label_counts), rnd.device)
         return {CLASS_STATS_KEY: {"scaled": prototype_stats(sums, counts), "counts": counts}}
 
+    def sends_records(self) -> bool:
+        return True
+
     def server_kwargs(self) -> dict[str, Any]:
         return {"initial_prototypes": self.prototypes().numpy(), "rho": self.settings.rho}

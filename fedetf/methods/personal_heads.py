@@ -122,6 +122,8 @@ class FedBABU(LocalMethod):
         personal = self._received if self._received is not None else copy.deepcopy(model)
         body, head = split_head(personal)
         params = head if s.finetune == "head" else body + head
-        phase = Phase(params, s.finetune_epochs, s.finetune_lr, "fine-tune", momentum=0.9, weight_decay=0.0)
+        phase = Phase(
+            params, s.finetune_epochs, s.finetune_lr, "fine-tune", momentum=0.9, weight_decay=0.0, optimizer="sgd"
+        )
         fine_tune(personal, [phase], loader, base, device)
         return personal

@@ -27,6 +27,7 @@ class Scaffold(LocalMethod):
     paper = "Karimireddy et al., ICML 2020"
     shares = "all weights + the change of its control variate"
     keeps = "its control variate c_i"
+    sgd_only = "its control variates correct SGD steps (Karimireddy et al. analyse SGD only)"
     objective = "CE, gradient corrected by c - c_i"
 
     def begin(self, model: FedModel, rnd: ClientRound) -> None:
@@ -54,6 +55,9 @@ class Scaffold(LocalMethod):
                 self._grad_sum[n] = self._grad_sum[n].to(p.device)
             self._grad_sum[n].add_(p.grad).add_(p.detach(), alpha=self._decay)  # g_i(y_k), as SGD sees it
             p.grad.add_(self._correction[n])
+
+    def sends_records(self) -> bool:
+        return True
 
     def end(self, model: FedModel, rnd: ClientRound, steps: int) -> dict[str, Tensors]:
         if steps == 0:
