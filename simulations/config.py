@@ -25,10 +25,14 @@ from data_prep.federated import GENERIC_TESTS
 from data_prep.partition import PARTITIONS, PCDD_ASSIGNMENTS
 from fedetf.losses import LOSSES
 from fedetf.methods import LocalMethod, make_settings, setting_key, settings_fields
+from fedetf.methods.base import OPTIMIZERS
 from fedetf.metrics import PERSONAL_TESTS
 from fedetf.models import BACKBONES
 from fedetf.settings import Rule, check_setting, setting
+from fedetf.train import LR_SCHEDULES
 from simulations.placement import DEVICE_SETTINGS
+from simulations.tracking import TRACKING_BACKENDS
+from strategies.privacy import DP_MODES
 from strategies.registry import FLOWER_STRATEGIES, METHODS, StrategyError, resolve_method
 
 
@@ -155,6 +159,32 @@ class RunConfig:
     momentum: float = setting(0.9, "local SGD momentum", ge=0)
     weight_decay: float = setting(1e-4, "local SGD weight decay", ge=0)
     clip_grad_norm: float = setting(20.0, "gradient-norm clipping of every local step", gt=0)
+    optimizer: str = setting(
+        "sgd",
+        "the local optimizer, rebuilt every round: `sgd` (with `momentum`), `adam` or `adamw` (default betas); "
+        "methods whose authors fine-tune with SGD keep SGD there, and SCAFFOLD refuses Adam",
+        choices=OPTIMIZERS,
+    )
+    lr_schedule: str = setting(
+        "constant",
+        "the local lr over rounds: `constant`, `exponential` (`lr * lr-decay^(round-1)`) or `cosine` "
+        "(`lr * (1 + cos(pi (round-1) / num-server-rounds)) / 2`)",
+        choices=LR_SCHEDULES,
+    )
+    lr_decay: float = setting(0.99, "the per-round factor of `lr-schedule='exponential'`", gt=0, le=1)
+    dp: str = setting(
+        "none",
+        "Flower's differential privacy around the run's server strategy: `server-fixed` (the server clips each "
+        "update and adds Gaussian noise), `client-fixed` (the clients clip, the server adds noise) or "
+        "`server-adaptive` (the clipping norm follows the median update norm); docs/methods.md",
+        choices=DP_MODES,
+    )
+    dp_noise_multiplier: float = setting(
+        1.0, "the noise's standard deviation over the clipping norm (per round, on the sum of updates)", ge=0
+    )
+    dp_clipping_norm: float = setting(
+        1.0, "the L2 norm each client's update is clipped to (the initial one for `server-adaptive`)", gt=0
+    )
     model: str = setting(
         "auto",
         "the network: `auto` (the dataset's default), `cnn` (small CNN with BatchNorm), `simple-cnn` (the "
@@ -213,6 +243,20 @@ class RunConfig:
         "fraction of client train calls that fail on purpose, seeded by (seed, round, client): for robustness tests",
         ge=0,
         lt=1,
+    )
+    tracking: str = setting(
+        "none",
+        "experiment tracking beside the results files (docs/tracking.md): `tensorboard`, `mlflow` or `wandb` "
+        "(offline), each an optional extra (`pip install -e '.[mlflow]'`); a failing backend turns it off with "
+        "one warning, never failing the run",
+        choices=TRACKING_BACKENDS,
+    )
+    tracking_uri: str = setting(
+        "",
+        "where tracking writes: `''` for a local store beside the run (TensorBoard: the run folder; MLflow: "
+        "`sqlite:///<runs folder>/mlflow.db`; W&B: offline files in the run folder), else an MLflow tracking URI, "
+        "or a folder for TensorBoard and W&B",
+        rule=Rule("'' for the default local store, an MLflow tracking URI, or an absolute folder", lambda v: True),
     )
     #: Dotted method settings as given (``(("fedprox.mu", 0.1), ...)``), validated against their declarations.
     method_options: tuple[tuple[str, Any], ...] = field(default=())
@@ -356,6 +400,8 @@ def _check_combinations(cfg: RunConfig) -> None:
             f"not 'simple-cnn' (28x28 or 32x32 only) for the {info.image_size}x{info.image_size} "
             f"dataset={cfg.dataset!r}; use 'cnn'",
         )
+    if cfg.tracking_uri and cfg.tracking in ("tensorboard", "wandb") and not Path(cfg.tracking_uri).is_absolute():
+        raise _fail("tracking-uri", cfg.tracking_uri, f"an absolute folder or '' for tracking={cfg.tracking!r}")
     if cfg.pretrained_weights and cfg.model_name != "efficientnet_b0":
         raise _fail("pretrained-weights", cfg.pretrained_weights, "'' unless model='efficientnet_b0'")
     if not cfg.natural and cfg.partition == "pcdd" and cfg.classes_per_client > k:
@@ -375,6 +421,8 @@ def _check_combinations(cfg: RunConfig) -> None:
         cfg.method_settings  # noqa: B018 - validates method-args against the declaration
     except ValueError as exc:
         raise ConfigError(_first_line(exc)) from None
+    if cfg.optimizer != "sgd" and cls.sgd_only:
+        raise _fail("optimizer", cfg.optimizer, f"'sgd' for method={cls.name!r}: {cls.sgd_only}")
     declared = [f.name.replace("_", "-") for f in settings_fields(cls)]
     if extra := sorted(set(json.loads(cfg.method_args)) - set(declared)):
         raise _fail("method-args", cfg.method_args, f"a JSON object of {cls.name!r}'s settings {declared}, not {extra}")

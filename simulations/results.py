@@ -21,6 +21,7 @@ import pandas as pd
 from fedetf.io import atomic_write_text
 from fedetf.metrics import fairness
 from simulations.contracts import ClientEvaluation, ClientMetrics
+from simulations.tracking import Tracking
 
 #: The all-client evaluation's columns (NaN in rounds without one): the seen clients' pooled accuracy, client
 #: mean, standard deviation, mean of the worst 10% and minimum; how many replied; the held-out clients' pooled,
@@ -306,6 +307,8 @@ class RunRecorder:
         #: What run.json says about the run besides its results (method, strategy class, notes, ...).
         self.about: dict[str, Any] = {}
         self.resumes: list[dict[str, Any]] = []
+        #: Experiment tracking (off unless the ServerApp opens it): after each round and at the end.
+        self.tracking = Tracking()
 
     @classmethod
     def resume(cls, out_dir: Path, config: dict[str, Any], diagnostics: bool, up_to_round: int) -> RunRecorder:
@@ -338,7 +341,8 @@ class RunRecorder:
         """Record a round (its generic metrics, its clients' metrics, how many failed, the all-client evaluation);
         write; return its row."""
         self.clients.extend(c.row(server_round) for c in clients)
-        self.evaluations.extend(e.row(server_round) for e in evaluations or [])
+        evaluation_rows = [e.row(server_round) for e in evaluations or []]
+        self.evaluations.extend(evaluation_rows)
         row = {
             "round": server_round,
             **generic,
@@ -349,6 +353,7 @@ class RunRecorder:
         }
         self.rounds.append(row)
         self.write()
+        self.tracking.log_round({c: row[c] for c in self.metric_columns if c in row}, evaluation_rows)
         return row
 
     @property
@@ -384,6 +389,8 @@ class RunRecorder:
             **self.about,
         )
         atomic_write_text(self.out_dir / "run.json", info.to_json())
+        if status != "running":
+            self.tracking.end(status, self.out_dir)
 
 
 def summarize(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:

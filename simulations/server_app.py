@@ -14,7 +14,7 @@ import time
 import traceback
 import typing
 from dataclasses import dataclass
-from logging import DEBUG, ERROR, INFO
+from logging import DEBUG, ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from fedetf.methods import LocalMethod
 from simulations import checkpoint
 from simulations.config import ConfigError, RunConfig, parse_run_config
 from simulations.grid import PartitionOrderedGrid
+from simulations.partition_plot import PARTITION_FILE, plot_partition
 from simulations.results import (
     RunInfo,
     RunInfoError,
@@ -39,6 +40,8 @@ from simulations.results import (
 )
 from simulations.rounds import RoundFailed, Start, run_rounds
 from simulations.task import device, federation, holdout_partitions, make_method, model_buffer
+from simulations.tracking import open_tracking
+from strategies.privacy import with_privacy
 from strategies.registry import StrategyError, accepted_kwargs, build_strategy, server_class
 
 app = ServerApp()
@@ -143,10 +146,16 @@ def build_server(cfg: RunConfig, method: LocalMethod) -> Strategy:
                 f"invalid run config: server-args={cfg.server_args!r}; {cls.__name__} argument {name!r}={value!r}; "
                 f"allowed: a value of type {expected}"
             )
+    if cfg.dp != "none" and method.sends_records():
+        raise ConfigError(
+            f"invalid run config: dp={cfg.dp!r}; allowed: 'none' for method={method.name!r} (Flower's DP wrappers "
+            "clip every record of a reply against the model, and this method sends others)"
+        )
+    n_train = cfg.num_clients - len(holdout_partitions(cfg))
     try:
-        return build_strategy(
+        strategy = build_strategy(
             cls,
-            num_clients=cfg.num_clients - len(holdout_partitions(cfg)),
+            num_clients=n_train,
             fraction_train=cfg.fraction_train,
             weighted_by_key="num-batches" if cfg.aggregation_weight == "batches" else "num-examples",
             extra=cfg.server_kwargs,
@@ -158,6 +167,14 @@ def build_server(cfg: RunConfig, method: LocalMethod) -> Strategy:
         raise ConfigError(
             f"invalid run config: server={server!r} server-args={cfg.server_args!r}; building {cls.__name__} "
             f"raised {type(exc).__name__}: {first_line(exc)}"
+        ) from None
+    sampled = max(1, int(n_train * cfg.fraction_train))  # Flower's FedAvg samples int(n * fraction), at least 1
+    try:
+        return with_privacy(strategy, cfg.dp, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, sampled)
+    except ValueError as exc:  # e.g. adaptive clipping's noise bound for few clients per round
+        raise ConfigError(
+            f"invalid run config: dp={cfg.dp!r} dp-noise-multiplier={cfg.dp_noise_multiplier!r} with {sampled} "
+            f"clients per round; Flower's DP wrapper refuses: {first_line(exc)}"
         ) from None
 
 
@@ -193,8 +210,9 @@ def resume_point(cfg: RunConfig) -> dict[str, Any]:
     if info.status == "finished":
         raise SetupError(f"cannot resume: the run in {out} finished; start a new one with another output-dir")
     payload = checkpoint.load(out)
-    ours = {k: v for k, v in cfg.to_dict().items() if k != "resume"}
-    theirs = {k: v for k, v in payload["config"].items() if k != "resume"}
+    free = ("resume", "tracking", "tracking-uri")  # may change on resume: they do not change the results
+    ours = {k: v for k, v in cfg.to_dict().items() if k not in free}
+    theirs = {k: v for k, v in payload["config"].items() if k not in free}
     if ours != theirs:
         diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         shown = ", ".join(f"{k}={theirs.get(k)!r} (now {ours.get(k)!r})" for k in diff[:3])
@@ -252,8 +270,21 @@ def open_results(setup: Setup) -> tuple[RunRecorder, Start]:
         cfg.num_clients,
         recorder.out_dir,
     )
+    draw_partition(cfg, recorder.out_dir)
     recorder.write()
+    recorder.tracking = open_tracking(cfg.tracking, cfg.tracking_uri, recorder.out_dir, config, recorder.about)
     return recorder, start
+
+
+def draw_partition(cfg: RunConfig, out_dir: Path) -> None:
+    """``partition.png`` in the run folder (kept when resuming); a failure is one WARNING, never fatal."""
+    path = out_dir / PARTITION_FILE
+    if path.exists():
+        return
+    try:
+        plot_partition(federation(cfg), path)
+    except Exception as exc:  # noqa: BLE001 - a figure must never stop the run
+        log(WARNING, "%s not drawn: %s: %s", PARTITION_FILE, type(exc).__name__, first_line(exc))
 
 
 def describe(cfg: RunConfig, method: LocalMethod, strategy: Strategy) -> dict[str, Any]:

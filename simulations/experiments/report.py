@@ -1,7 +1,8 @@
 """``fedetf-report``: the comparison table, curves, a per-client heat map and neural-collapse figures of finished runs.
 
 Usage: ``fedetf-report SWEEP_DIR`` or ``fedetf-report RUN_DIR [RUN_DIR ...] --out DIR``
-[--by method KEY ...] [--baseline fedavg] [--last-k 5] [--metric acc|bacc].
+[--by method KEY ...] [--baseline fedavg] [--last-k 5] [--metric acc|bacc]; ``fedetf-report --partition
+[RUN_DIR | KEY=VALUE ...] [--out DIR]`` draws a run's ``partition.png`` without training.
 
 Nothing is rerun: the report reads ``run.json``, ``metrics.csv`` and ``clients.csv`` of finished
 runs (and ``sweep.json`` of a sweep, for its failed runs and its grid keys). It prints the comparison
@@ -10,7 +11,8 @@ baseline paired by seed with its spread, the seeds won) and, apart, the best-rou
 writes into ``--out`` (default ``SWEEP_DIR/report``): ``table.md``, ``table.csv`` (every statistic
 of every view), ``curves_acc.png``, ``curves_bacc.png``, ``heatmap.png``/``.csv``, ``clients.png``/``.csv``
 (the distribution of every client's personal accuracy, from ``evaluations.csv``), ``nc_*.png``
-(when the runs have neural-collapse columns) and ``index.html``, one self-contained page.
+(when the runs have neural-collapse columns) and ``index.html``, one self-contained page (with each distinct
+partition's ``partition.png`` of the runs).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import pandas as pd
 
 from fedetf.io import atomic_write_text
 from simulations.experiments import figures, runs, stats, tables
+from simulations.experiments.plan import SweepError, parse_value, split_assignment
 from simulations.experiments.state import read_state
+from simulations.partition_plot import PARTITION_FILE, PARTITION_KEYS
 
 #: What each view means, for headings and captions.
 VIEW_TEXT = {
@@ -299,10 +303,55 @@ def build_report(
     if heat_shown:
         sections.append(("Personal accuracy per client", "".join(_img(p, c) for p, c in heat_shown)))
     sections.append(("Neural collapse", "".join(_img(p, c) for p, c in nc) or _ul(nc_notes)))
+    if partitions := partition_figures(src.dirs):
+        sections.append(("Partitions", "".join(_img(p, c) for p, c in partitions)))
     _write_html(out / "index.html", f"fedetf report: {name}", sections)
     files.append(out / "index.html")
     printed = "\n\n".join([header, _markdown(parts[:2]), "\n".join(notes)])
     return Report(out, files, notes, failed, printed)
+
+
+def partition_figures(dirs: Sequence[Path]) -> list[tuple[Path, str]]:
+    """Each distinct partition's ``partition.png`` once (runs equal in ``PARTITION_KEYS`` share one), with a
+    caption naming its setting and runs."""
+    found: dict[tuple[Any, ...], tuple[Path, list[str]]] = {}
+    for d in dirs:
+        if (d / PARTITION_FILE).is_file():
+            config = runs.config(d)
+            found.setdefault(tuple(config.get(k) for k in PARTITION_KEYS), (d / PARTITION_FILE, []))[1].append(d.name)
+    out = []
+    for key, (path, names) in found.items():
+        setting = " ".join(f"{k}={v}" for k, v in zip(PARTITION_KEYS, key, strict=True))
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        out.append((path, f"train label counts per client, {setting}; runs: {shown}"))
+    return out
+
+
+def draw_partition(args: Sequence[str], out: Path) -> Path:
+    """``out/partition.png`` of the run config given by a run folder or ``KEY=VALUE`` overrides (TOML values,
+    quotes optional) over the app's defaults, without training."""
+    from simulations.config import ConfigError, parse_run_config
+    from simulations.local import default_run_config
+    from simulations.partition_plot import plot_partition
+    from simulations.task import federation
+
+    raw = default_run_config()
+    try:
+        for arg in args:
+            if Path(arg).is_dir():
+                if runs.run_info(Path(arg)) is None:
+                    raise ReportError(f"--partition {arg}: a folder without run.json; allowed: a run folder")
+                raw.update(runs.config(Path(arg)))
+            else:
+                key, value = split_assignment(arg, "--partition")
+                raw[key] = parse_value(value)
+        raw.pop("output-dir", None)
+        cfg = parse_run_config(raw)
+    except (SweepError, ConfigError) as e:
+        raise ReportError(str(e)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    plot_partition(federation(cfg), out / PARTITION_FILE)
+    return out / PARTITION_FILE
 
 
 def _ul(items: Sequence[str]) -> str:
@@ -336,8 +385,13 @@ def _failed_hint(failed: list[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line entry point ``fedetf-report``."""
     parser = argparse.ArgumentParser(prog="fedetf-report", description=__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="+", type=Path, help="a sweep folder, or run folders")
-    parser.add_argument("--out", type=Path, help="report folder (default: SWEEP_DIR/report)")
+    parser.add_argument("paths", nargs="*", help="a sweep folder, or run folders (with --partition: see there)")
+    parser.add_argument("--out", type=Path, help="report folder (default: SWEEP_DIR/report; --partition: .)")
+    parser.add_argument(
+        "--partition",
+        action="store_true",
+        help="only draw partition.png of a run folder or of KEY=VALUE run-config overrides, without training",
+    )
     parser.add_argument("--by", nargs="+", help="grouping keys (default: method and the sweep's grid keys)")
     parser.add_argument("--baseline", default="fedavg", help="method the others are paired with (default: fedavg)")
     parser.add_argument("--last-k", type=int, default=5, help="final rounds averaged (default: 5)")
@@ -345,8 +399,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--metric", choices=["acc", "bacc"], default="acc", help="the comparison's metric: accuracy or balanced"
     )
     args = parser.parse_args(argv)
+    if args.partition:
+        try:
+            print(f"partition: {draw_partition(args.paths, args.out or Path('.'))}")
+        except ReportError as e:
+            print(f"fedetf-report: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        return
+    if not args.paths:
+        parser.error("give a sweep folder or run folders")
     try:
-        report = build_report(args.paths, args.out, args.by, args.baseline, args.last_k, args.metric)
+        report = build_report([Path(p) for p in args.paths], args.out, args.by, args.baseline, args.last_k, args.metric)
     except ReportError as e:
         print(f"fedetf-report: error: {e}", file=sys.stderr)
         sys.exit(2)
