@@ -19,6 +19,7 @@ from simulations import checkpoint
 from simulations.faults import fails
 from simulations.local import default_run_config
 from simulations.results import RunInfo
+from simulations.rounds import evaluation_due
 from tests.inprocess import assert_same_results, run_in_process
 from tests.userpkg.hooks import HookLog
 
@@ -89,8 +90,11 @@ def test_a_resumed_run_starts_after_its_checkpoint_and_equals_an_uninterrupted_o
 
     HookLog.calls.clear()
     assert run_in_process({**RESUME, "output-dir": str(cut), "resume": True}).exit is None
-    # Every hook sees the true round numbers, from the round after the checkpoint on: nothing is replayed.
-    assert HookLog.calls == [(hook, r) for r in (2, 3) for hook in HOOKS]
+    # Every hook sees the true round numbers, from the round after the checkpoint on: nothing is replayed (the
+    # evaluate hooks run in the all-client evaluation's rounds: evaluate-every, and the last).
+    every = int(default_run_config()["evaluate-every"])
+    expected = [(h, r) for r in (2, 3) for h in HOOKS if "train" in h or evaluation_due(r, every, 3)]
+    assert ("configure_evaluate", 3) in expected and HookLog.calls == expected
     assert_same_results(full, cut)
     info = RunInfo.load(cut)
     assert info.status == "finished" and [r["from_round"] for r in info.resumes] == [1]
