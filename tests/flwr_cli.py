@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from benchmarks.processes import free_port, stop_tree, superlink_pids
@@ -16,6 +19,31 @@ from benchmarks.processes import free_port, stop_tree, superlink_pids
 ROOT = Path(__file__).resolve().parent.parent
 FLWR = shutil.which("flwr", path=str(Path(sys.executable).parent)) or shutil.which("flwr")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: Top-level folders of the checkout that are no part of the app (.gitignore's; hidden ones are left out too).
+_NOT_APP = {"runs", "data", "build", "dist"}
+
+
+@functools.cache
+def app_copy() -> Path:
+    """This project's app files (the working tree without hidden folders such as .venv and .git, and without the
+    git-ignored runs/, data/, build/, dist/) in a folder of their own, made once per test process.
+
+    `flwr run .` walks every file under the app folder before it applies .gitignore: in this checkout, the 50,000
+    files of .venv cost about 9 s of CPU per run. Tests whose subject is not the README's command itself run the
+    same app from this copy (the FAB holds the same files); test_flwr_cli's README run uses the checkout.
+    """
+    dest = Path(tempfile.mkdtemp(prefix="fedetf-app-")) / "app"
+    atexit.register(shutil.rmtree, dest.parent, ignore_errors=True)
+    dest.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for entry in ROOT.iterdir():
+        if entry.name in _NOT_APP or (entry.name.startswith(".") and entry.name != ".gitignore") or entry.is_symlink():
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, dest / entry.name, ignore=ignore, symlinks=True)
+        else:
+            shutil.copy2(entry, dest / entry.name)
+    return dest
 
 
 def isolated_env(home: Path, **extra: str) -> dict[str, str]:
@@ -37,16 +65,21 @@ def stop_local_superlink(env: dict[str, str]) -> None:
     stop_tree(superlink_pids(env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]))
 
 
-def flwr_run_args(env: dict[str, str], *args: str, timeout: float = 300) -> str:
-    """`flwr run . ARGS` in this project; its output (stdout, then stderr)."""
-    res = subprocess.run([FLWR, "run", ".", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+def flwr_run_args(env: dict[str, str], *args: str, timeout: float = 300, app: Path = ROOT) -> str:
+    """`flwr run . ARGS` in ``app`` (this project; or :func:`app_copy`); its output (stdout, then stderr)."""
+    res = subprocess.run([FLWR, "run", ".", *args], cwd=app, env=env, capture_output=True, text=True, timeout=timeout)
     return res.stdout + res.stderr
 
 
-def flwr_run(env: dict[str, str], run_config: str, supernodes: int, timeout: float = 300) -> str:
-    """`flwr run . --stream` with ``supernodes`` simulated nodes; its output without colour codes."""
-    federation = f"num-supernodes={supernodes} client-resources-num-cpus=1"
-    log = flwr_run_args(env, "--stream", "--federation-config", federation, "--run-config", run_config, timeout=timeout)
+def flwr_run(
+    env: dict[str, str], run_config: str, supernodes: int, timeout: float = 300, app: Path = ROOT, federation: str = ""
+) -> str:
+    """`flwr run . --stream` in ``app`` with ``supernodes`` simulated nodes (one CPU each, and ``federation``'s
+    further settings); its output without colour codes."""
+    federation = f"num-supernodes={supernodes} client-resources-num-cpus=1 {federation}".strip()
+    log = flwr_run_args(
+        env, "--stream", "--federation-config", federation, "--run-config", run_config, timeout=timeout, app=app
+    )
     return ANSI.sub("", log)
 
 

@@ -2,10 +2,11 @@
 
 Every case runs through the ServerApp's real entry point (``server_app.main`` with a Flower ``Context`` whose run
 config Flower's own parser built from the same ``--run-config`` string), in-process and fast. The case Flower itself
-rejects (an unknown key) also runs through the real ``flwr run . --stream`` (a local SuperLink with its own
-FLWR_HOME and ports). Each ``flwr run`` of an app-side case starts Ray even when the app fails at once (10-30 s),
-and the app prints every such one-line error through the same code path, so they run in-process only; a real
-``flwr run`` whose clients all fail ends in one line too (test_flwr_cli).
+rejects (an unknown key) also runs through the real ``flwr run . --stream`` (in a copy of the app without .venv,
+``tests/flwr_cli.app_copy``; a local SuperLink with its own FLWR_HOME and ports). Each ``flwr run`` of an app-side
+case starts Ray even when the app fails at once (10-30 s), and the app prints every such one-line error through the
+same code path, so they run in-process only; a real ``flwr run`` whose clients all fail ends in one line too
+(test_flwr_cli).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.flwr_cli import FLWR, ROOT, flwr_run, isolated_env, stop_local_superlink
+from tests.flwr_cli import FLWR, ROOT, app_copy, flwr_run, isolated_env, stop_local_superlink
 
 NODES = 2
 RELATIVE_OUT = "bad-configs-relative-output"
@@ -324,7 +325,8 @@ def test_bad_config_fails_in_one_line(setup: Setup, case: Case, via: str) -> Non
     before = {p: _snapshot(p) for p in (setup.existing, setup.interrupted)}
 
     if via == "flwr-run":
-        log = flwr_run(setup.env, run_config, supernodes=NODES)
+        # The app from a copy without .venv (`flwr run .` walks every file of its folder: tests/flwr_cli.py).
+        log = flwr_run(setup.env, run_config, supernodes=NODES, app=app_copy())
     else:
         import sys as _sys
 
@@ -352,5 +354,5 @@ def test_bad_config_fails_in_one_line(setup: Setup, case: Case, via: str) -> Non
     assert setup.file.read_text() == "not a folder\n"
     assert not fresh.exists()
     assert not any(setup.empty.iterdir())
-    assert not (ROOT / RELATIVE_OUT).exists()
+    assert not (ROOT / RELATIVE_OUT).exists() and not (app_copy() / RELATIVE_OUT).exists()
     assert not (Path(setup.env["FLWR_HOME"]) / RELATIVE_OUT).exists()

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from benchmarks.processes import free_port as _free_port
 from benchmarks.processes import stop_tree
 from simulations.experiments.plan import run_config_string
-from tests.flwr_cli import FLWR, flwr_run_args, isolated_env, start_process
+from tests.flwr_cli import FLWR, app_copy, flwr_run_args, isolated_env, start_process
 from tests.inprocess import assert_same_results, results, run_in_process
 
 pytestmark = pytest.mark.slow
@@ -163,7 +164,7 @@ RUN = {"num-clients": 2, "num-server-rounds": 2, "local-epochs": 1, "seed": 3, "
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One secure deployment on loopback (HTTPS with a test CA, two SuperNodes authenticated by registered keys,
-    a third node with an unregistered key) running ``RUN``; then the same run config in-process."""
+    a third node with an unregistered key) running ``RUN``; meanwhile the same run config in-process."""
     if FLWR is None:
         pytest.skip("flwr CLI not in the venv")
     tmp = tmp_path_factory.mktemp("deployment")
@@ -178,22 +179,31 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         cmd += ["--port", str(_free_port()), "--auth-supernode-private-key", str(keys[2])]
         cmd += ["--node-config", "partition-id=1 num-partitions=2", "--max-retries", "2"]
         intruder = start_process(cmd, env, tmp / "intruder.log")
-        try:
-            log = flwr_run_args(env, "loop", "--stream", "--run-config", f"{run} output-dir='{dep}'")
+
+        def deployed_run() -> tuple[str, str]:
+            # The app from a copy without .venv (`flwr run .` walks every file of its folder: tests/flwr_cli.py).
+            log = flwr_run_args(env, "loop", "--stream", "--run-config", f"{run} output-dir='{dep}'", app=app_copy())
             nodes = subprocess.run(
                 [FLWR, "supernode", "list", "loop", "--format", "json"], env=env, capture_output=True, text=True
             )
+            return log, nodes.stdout
+
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                deployed = pool.submit(deployed_run)
+                # Meanwhile the same run config in-process, with one torch thread (tests/conftest.py), as in the
+                # SuperNodes' ClientApps (OMP_NUM_THREADS=1): the same float sums.
+                outcome = run_in_process({**RUN, "output-dir": str(ref)})
+                log, nodes = deployed.result()
         finally:
             stop_tree([intruder.pid], groups=[intruder.pid])
-    # One torch thread (tests/conftest.py), as in the SuperNodes' ClientApps (OMP_NUM_THREADS=1): the same float sums.
-    outcome = run_in_process({**RUN, "output-dir": str(ref)})
     yield {
         "tmp": tmp,
         "dep": dep,
         "ref": ref,
         "log": log + (tmp / "supernode-0.log").read_text()[-2000:],
         "ref_log": "\n".join(outcome.lines),
-        "nodes": nodes.stdout,
+        "nodes": nodes,
     }
 
 

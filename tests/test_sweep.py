@@ -27,6 +27,7 @@ from simulations.experiments import plan as sweep_plan
 from simulations.experiments import report, runner, runs, sweep
 from simulations.experiments.progress import Progress
 from simulations.local import local_superlink
+from tests.flwr_cli import app_copy
 from tests.inprocess import assert_same_results, run_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -373,14 +374,16 @@ def _cmdline(pid: int) -> str:
 @pytest.fixture(scope="module")
 def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Start the sweep; once its run has round 1 in metrics.csv and a checkpoint, SIGKILL that run's ServerApp
-    process (the pid its run.json records); rerun the sweep (it continues the run), rerun it once more (nothing left
-    to do) and build the report.
+    process (the pid its run.json records); rerun the sweep (it continues the run; meanwhile the uninterrupted run
+    in-process), rerun it once more (nothing left to do) and build the report.
 
     Its `flwr run`s go to this test process's local SuperLink (shared with other real runs here)."""
     tmp = tmp_path_factory.mktemp("sweep")
     out = tmp / "sweep"
     env = local_superlink().env
+    # The app from a copy without .venv (tests/flwr_cli.app_copy: `flwr run .` walks every file of its folder).
     cmd = [sys.executable, "-m", "simulations.experiments.sweep", *SWEEP_ARGS, "--out", str(out)]
+    cmd += ["--app", str(app_copy())]
     cut_dir = out / "runs" / CUT
     result: dict[str, Any] = {"out": out}
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -400,11 +403,21 @@ def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         result["before"] = _entries(out)
         result["cut_metrics"] = pd.read_csv(cut_dir / "metrics.csv")
         result["cut_status"] = runs.status(cut_dir)
-        for name in ("second", "third"):
-            done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-            result |= {f"{name}_rc": done.returncode, f"{name}_out": done.stdout, f"{name}_err": done.stderr}
-            if name == "second":
-                result["mtime"] = (cut_dir / "run.json").stat().st_mtime_ns
+        second = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # Meanwhile the same run uninterrupted on in-process nodes, one torch thread on the CPU as in a Ray actor.
+            ref = tmp / "uninterrupted"
+            outcome = run_in_process({**RUN, "method": "scaffold", "seed": 0, "device": "cpu", "output-dir": str(ref)})
+            stdout, stderr = second.communicate(timeout=1800)
+        finally:
+            if second.poll() is None:
+                second.kill()
+                second.wait()
+        assert outcome.exit is None, outcome.lines[-20:]
+        result |= {"second_rc": second.returncode, "second_out": stdout, "second_err": stderr, "uninterrupted": ref}
+        result["mtime"] = (cut_dir / "run.json").stat().st_mtime_ns
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+        result |= {"third_rc": done.returncode, "third_out": done.stdout, "third_err": done.stderr}
         rep = subprocess.run(
             [sys.executable, "-m", "simulations.experiments.report", str(out)],
             cwd=ROOT,
@@ -413,11 +426,6 @@ def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             timeout=300,
         )
         result |= {"report_rc": rep.returncode, "report_out": rep.stdout + rep.stderr}
-        # The same run uninterrupted on in-process nodes, one torch thread on the CPU as in a Ray actor.
-        ref = tmp / "uninterrupted"
-        outcome = run_in_process({**RUN, "method": "scaffold", "seed": 0, "device": "cpu", "output-dir": str(ref)})
-        assert outcome.exit is None, outcome.lines[-20:]
-        result["uninterrupted"] = ref
         yield result
     finally:
         if first.poll() is None:  # an assertion above failed: do not leave the sweep running
