@@ -114,6 +114,7 @@ def test_no_strategy_hook_is_replaced_at_run_time(tmp_path: Path) -> None:
             "num-server-rounds": 2,
             "local-epochs": 1,
             "num-clients": 2,
+            "evaluate-every": 1,  # the evaluate hooks every round too
             "output-dir": str(tmp_path / "run"),
         }
     )

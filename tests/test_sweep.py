@@ -352,7 +352,7 @@ FLWR = shutil.which("flwr", path=str(Path(sys.executable).parent))
 #: test_flwr_cli. The run is SCAFFOLD (each client's c_i is state that must follow its partition, on the nodes and
 #: through the checkpoint), 4 clients on 2 Ray workers, 3 of them per round.
 RUN = {"dataset": "digits", "num-clients": 4, "fraction-train": 0.75, "num-server-rounds": 3, "local-epochs": 1}
-SWEEP_ARGS = ["--methods", "scaffold", "--seeds", "0", "--no-progress"]
+SWEEP_ARGS = ["--methods", "scaffold", "--seeds", "0", "--no-progress", "--set", "tracking=mlflow"]
 SWEEP_ARGS += [arg for key, value in RUN.items() for arg in ("--set", f"{key}={value}")]
 CUT = "scaffold_seed0"  # its ServerApp is killed once round 1 is in metrics.csv (and checkpointed)
 
@@ -463,6 +463,26 @@ def test_a_run_cut_mid_way_is_continued_from_its_checkpoint(real_sweep: dict[str
     assert not list((out / "runs").glob("*.incomplete-*")) and _entries(out)[CUT]["resumed"] is True
     assert runs.finished(cut_dir) and (out / "logs" / f"{CUT}.log").exists()
     assert (out / "logs" / f"{CUT}.1.log").exists(), "the cut attempt's log is kept"
+
+
+@pytest.mark.slow
+@needs_flwr
+def test_a_sweep_with_mlflow_tracking_carries_the_csv_metrics(real_sweep: dict[str, Any]) -> None:
+    """`fedetf-sweep --set tracking=mlflow`: the sweep's experiment in the default SQLite store beside its runs
+    holds the cut attempt (rounds up to the kill) and the continued run (the rounds after its checkpoint), whose
+    metrics together are metrics.csv's, and the continued run ended FINISHED."""
+    mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed (pip install -e '.[mlflow]')")
+    out: Path = real_sweep["out"]
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(out.name)
+    assert experiment is not None
+    tracked = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    assert len(tracked) == 2 and tracked[-1].info.status == "FINISHED"
+    assert all(r.data.tags.get("method") == "scaffold" and r.data.tags.get("seed") == "0" for r in tracked)
+    metrics = pd.read_csv(out / "runs" / CUT / "metrics.csv").set_index("round")
+    for column in ("generic_acc", "personal_acc", "train_loss"):
+        logged = {m.step: m.value for r in tracked for m in client.get_metric_history(r.info.run_id, column)}
+        assert logged == pytest.approx(metrics[column].to_dict()), column
 
 
 @pytest.mark.slow
