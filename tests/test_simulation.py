@@ -179,9 +179,10 @@ def test_every_registered_method_has_an_end_to_end_run() -> None:
 @pytest.mark.parametrize("name", list(METHOD_RUNS))
 def test_every_method_runs_end_to_end(tmp_path: Path, name: str) -> None:
     """The real ServerApp and ClientApp, each client with its own Context, in this process (the Ray engine's
-    runs are above and in test_resume_faults)."""
+    runs are above and in test_resume_faults); one of the 4 clients is held out and evaluated as unseen."""
     method = name.split("-")[0]
-    out = _run_in_process(tmp_path, name, method=method, **{"local-epochs": 1, "num-clients": 4}, **METHOD_RUNS[name])
+    setup = {"local-epochs": 1, "num-clients": 4, "holdout-clients": 0.25}
+    out = _run_in_process(tmp_path, name, method=method, **setup, **METHOD_RUNS[name])
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "finished" and info["method"] == method
     for key, value in METHOD_RUNS[name].items():
@@ -196,6 +197,14 @@ def test_every_method_runs_end_to_end(tmp_path: Path, name: str) -> None:
     else:  # local-only training: no global model to evaluate
         assert metrics["generic_acc"].isna().all()
     assert np.isfinite(metrics["train_loss"]).all() and (metrics["train_loss"] > 0).all()
+    # Every method reports its held-out client (never trained) next to the three that trained.
+    evaluations = pd.read_csv(out / "evaluations.csv")
+    assert evaluations["round"].tolist() == [2] * 4 and evaluations["unseen"].sum() == 1
+    unseen = int(evaluations.loc[evaluations["unseen"] == 1, "partition_id"].iloc[0])
+    assert unseen not in set(pd.read_csv(out / "clients.csv")["partition_id"])
+    assert metrics["unseen_personal_acc"].iloc[-1] == pytest.approx(
+        evaluations.loc[evaluations["unseen"] == 1, "personal_acc"].iloc[0]
+    )
     if name == "scaffold-fedadam":
         assert info["strategy_class"].endswith("Scaffold+FedAdam")
     if METHOD_RUNS[name].get("diagnostics"):
