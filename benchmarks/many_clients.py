@@ -19,7 +19,10 @@ here on the same 200 images). ``--profile S`` samples one Ray worker and the
 process running the ServerApp with py-spy for S seconds from round 2 on.
 
     python benchmarks/many_clients.py [--clients 10 1000 10000] [--rounds 4] [--images 60]
-        [--profile 10] [--work DIR]
+        [--profile 10] [--work DIR] [--evaluate-every 1]
+
+``--evaluate-every N`` adds the all-client evaluation (every client, every N rounds and the last): its cost
+shows in the seconds per round; by default it is off, so the rounds measure training alone.
 """
 
 from __future__ import annotations
@@ -124,7 +127,9 @@ def generic_eval_seconds(data_root: Path, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def _config(clients: int, rounds: int, data_root: Path, log_dir: Path, images: int) -> dict[str, Any]:
+def _config(
+    clients: int, rounds: int, data_root: Path, log_dir: Path, images: int, evaluate_every: int = 0
+) -> dict[str, Any]:
     return {
         "method": "benchmarks.many_clients:ClientClock",
         "method-args": json.dumps({"log-dir": str(log_dir)}),
@@ -137,6 +142,7 @@ def _config(clients: int, rounds: int, data_root: Path, log_dir: Path, images: i
         "num-server-rounds": rounds,
         "local-epochs": 1,
         "seed": 0,
+        "evaluate-every": evaluate_every,  # the all-client evaluation: off unless its cost is asked for
     }
 
 
@@ -163,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=60, help="training images per client")
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy a worker and the server for S seconds")
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument(
+        "--evaluate-every", type=int, default=0, help="evaluate every client every N rounds (0: off, the default)"
+    )
     parser.add_argument("--ray-niceness", type=int, default=0, help="niceness of Ray's workers; -1: Ray's default (15)")
     args = parser.parse_args(argv)
 
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.mkdir(exist_ok=True)
         for f in logs.glob("*.jsonl"):
             f.unlink()
-        cfg = _config(n, args.rounds, root, logs, args.images)
+        cfg = _config(n, args.rounds, root, logs, args.images, args.evaluate_every)
         hook = profile_server_and_worker if args.profile else None
         nice = None if args.ray_niceness < 0 else args.ray_niceness
         res = launch("flwr", cfg, work, f"clients-{n}", profile=args.profile, profile_hook=hook, ray_niceness=nice)
