@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
@@ -26,16 +27,26 @@ from simulations.contracts import (
     ARRAYS,
     CLIENT_STATE,
     CONFIG,
+    DROPOUT,
     METRICS,
     NODE,
     RESTORE_STATE,
     SEND_STATE,
+    STRAGGLER_DROPPED,
     ClientEvaluation,
     ClientMetrics,
     error_reply,
 )
 from simulations.faults import fault_injection_mod
-from simulations.task import device, federation, holdout_partitions, make_method, model_buffer, round_seed
+from simulations.task import (
+    device,
+    federation,
+    holdout_partitions,
+    make_method,
+    model_buffer,
+    round_seed,
+    systems_draw,
+)
 
 
 def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -119,7 +130,12 @@ def train(msg: Message, context: Context) -> Message:
         server_round=server_round,
         num_rounds=cfg.num_server_rounds,
     )
-    settings = train_settings(cfg, server_round)
+    gone, epochs = systems_draw(cfg, server_round, pid)
+    if gone:
+        return error_reply(msg, RuntimeError(DROPOUT))
+    if epochs < cfg.local_epochs and not method.keeps_partial_work:
+        return error_reply(msg, RuntimeError(STRAGGLER_DROPPED))
+    settings = replace(train_settings(cfg, server_round), epochs=epochs)
     shared = msg.content[ARRAYS].to_torch_state_dict()
     dev = device(cfg)
     diagnose = None
@@ -138,9 +154,10 @@ def train(msg: Message, context: Context) -> Message:
         train_loss=res.train_loss,
         train_examples=len(train_loader.dataset),
         test_examples=res.after.num_examples,
-        num_batches=res.steps // max(1, cfg.local_epochs),
+        num_batches=res.steps // max(1, epochs),
         personal_correct=res.after.num_correct,
         personal_correct_before=res.before.num_correct,
+        local_epochs=epochs,
         **res.diagnostics,
     )
     content = RecordDict({ARRAYS: ArrayRecord(res.shared), METRICS: metrics.to_record()})

@@ -238,6 +238,16 @@ class RunConfig:
     resume: bool = setting(
         False, "continue the interrupted run in `output-dir` from its last checkpoint (docs/troubleshooting.md)"
     )
+    straggler_rate: float = setting(
+        0.0,
+        "fraction of each round's sampled clients that do only part of their local work (1 to local-epochs - 1 "
+        "epochs, seeded): methods that use partial work (FedProx) send it, the others drop it, as in the FedProx paper",
+        ge=0,
+        lt=1,
+    )
+    dropout_rate: float = setting(
+        0.0, "fraction of each round's sampled clients that never reply (seeded by seed, round and client)", ge=0, lt=1
+    )
     fault_rate: float = setting(
         0.0,
         "fraction of client train calls that fail on purpose, seeded by (seed, round, client): for robustness tests",

@@ -58,6 +58,8 @@ class ClientMetrics:
     num_batches: int
     personal_correct: int
     personal_correct_before: int
+    #: Local epochs done: fewer than ``local-epochs`` for a straggler whose partial work is sent.
+    local_epochs: int
     angle_missing: float = _diagnostic()
     angle_present: float = _diagnostic()
     space_missing_share: float = _diagnostic()
@@ -138,6 +140,10 @@ class ClientEvaluation:
 
     def row(self, server_round: int) -> dict[str, Any]:
         return {"round": server_round, **asdict(self)}
+
+
+#: The reasons of the replies of clients that dropped out or whose partial work was dropped (not failures).
+DROPOUT, STRAGGLER_DROPPED = "dropped out (dropout-rate)", "straggler dropped (straggler-rate)"
 
 
 def error_reply(msg: Message, exc: BaseException) -> Message:

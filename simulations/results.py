@@ -51,6 +51,9 @@ METRIC_COLUMNS = [
     "train_loss",
     "num_clients",
     "failed_clients",
+    "dropouts",
+    "stragglers",
+    "stragglers_dropped",
     "train_examples",
     "test_examples",
     "round_seconds",
@@ -334,12 +337,12 @@ class RunRecorder:
         server_round: int,
         generic: dict[str, float],
         clients: list[ClientMetrics],
-        failed: int,
+        counts: dict[str, int],
         seconds: float,
         evaluations: list[ClientEvaluation] | None = None,
     ) -> dict[str, Any]:
-        """Record a round (its generic metrics, its clients' metrics, how many failed, the all-client evaluation);
-        write; return its row."""
+        """Record a round (its generic metrics, its clients' metrics, ``counts``: failed clients, dropouts and
+        stragglers, the all-client evaluation); write; return its row."""
         self.clients.extend(c.row(server_round) for c in clients)
         evaluation_rows = [e.row(server_round) for e in evaluations or []]
         self.evaluations.extend(evaluation_rows)
@@ -348,7 +351,7 @@ class RunRecorder:
             **generic,
             **round_row(clients),
             **evaluation_row(evaluations or []),
-            "failed_clients": failed,
+            **counts,
             "round_seconds": seconds,
         }
         self.rounds.append(row)

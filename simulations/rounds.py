@@ -31,9 +31,11 @@ from simulations import checkpoint
 from simulations.config import RunConfig
 from simulations.contracts import (
     CLIENT_STATE,
+    DROPOUT,
     METRICS,
     RESTORE_STATE,
     SEND_STATE,
+    STRAGGLER_DROPPED,
     ClientEvaluation,
     ClientMetrics,
     error_reason,
@@ -84,8 +86,10 @@ def run_rounds(
         messages = strategy.configure_train(rnd, arrays, train_config, train_grid)
         replies = exchange(grid, with_restore(messages, grid.partition_of, restore))
         clients, new_states, errors = take_client_results(replies, grid.partition_of)
-        if not clients:
-            raise RoundFailed(all_failed(rnd, len(replies), errors))
+        absent = {reason: sum(e.endswith(f": {reason}") for e in errors) for reason in (DROPOUT, STRAGGLER_DROPPED)}
+        failures = [e for e in errors if not e.endswith((f": {DROPOUT}", f": {STRAGGLER_DROPPED}"))]
+        if not clients and (failures or not errors):
+            raise RoundFailed(all_failed(rnd, len(replies), failures))
         states.update(new_states)
         restore = {p: s for p, s in restore.items() if p not in {c.partition_id for c in clients}}
         aggregated, _ = strategy.aggregate_train(rnd, replies)
@@ -99,7 +103,14 @@ def run_rounds(
                 ClientEvaluation.from_record(r.content[METRICS]) for r in evaluate_replies if not r.has_error()
             ]
         generic = global_model.evaluate(arrays, rnd)
-        row = recorder.add_round(rnd, generic, clients, len(errors), time.time() - began, evaluations)
+        partial = sum(c.local_epochs < cfg.local_epochs for c in clients)
+        counts = {
+            "failed_clients": len(failures),
+            "dropouts": absent[DROPOUT],
+            "stragglers": partial + absent[STRAGGLER_DROPPED],
+            "stragglers_dropped": absent[STRAGGLER_DROPPED],
+        }
+        row = recorder.add_round(rnd, generic, clients, counts, time.time() - began, evaluations)
         if checkpoint.due(rnd, cfg.checkpoint_every, cfg.num_server_rounds):
             checkpoint.save(
                 recorder.out_dir,

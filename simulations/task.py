@@ -94,3 +94,13 @@ def holdout_partitions(cfg: RunConfig) -> frozenset[int]:
     n = min(cfg.num_clients - 1, max(1, round(cfg.holdout_clients * cfg.num_clients)))
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x4F1D]))
     return frozenset(int(p) for p in rng.choice(cfg.num_clients, size=n, replace=False))
+
+
+def systems_draw(cfg: RunConfig, server_round: int, partition_id: int) -> tuple[bool, int]:
+    """Whether this client drops out of ``server_round`` (``dropout-rate``), and the local epochs it completes:
+    ``local-epochs``, or for a straggler (``straggler-rate``) a uniform draw from 1 to ``local-epochs - 1`` (none
+    with one local epoch). Seeded by (seed, round, client), so every engine draws the same."""
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, server_round, partition_id + 1, 0x5735]))
+    gone = bool(rng.random() < cfg.dropout_rate)
+    slow = bool(rng.random() < cfg.straggler_rate) and cfg.local_epochs > 1
+    return gone, int(rng.integers(1, cfg.local_epochs)) if slow else cfg.local_epochs

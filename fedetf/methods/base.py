@@ -158,6 +158,8 @@ class LocalMethod:
     projection: ClassVar[str] = "mlp"
     local_prefixes: ClassVar[tuple[str, ...]] = ()
     personal_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: Whether a straggler's partial work is sent (FedProx) rather than dropped (FedAvg), as in the FedProx paper.
+    keeps_partial_work: ClassVar[bool] = False
     #: Why the method is correct only under SGD (it then refuses ``optimizer='adam'`` and ``'adamw'``), or ``""``.
     sgd_only: ClassVar[str] = ""
 

@@ -17,6 +17,7 @@ class FedProx(LocalMethod):
     name = "fedprox"
     paper = "Li et al., MLSys 2020"
     objective = "CE + mu/2 ||w - w_global||^2"
+    keeps_partial_work = True  # its proximal term makes partial work safe to average (Li et al., Section 3)
 
     @dataclass(frozen=True)
     class Settings:
