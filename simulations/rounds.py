@@ -86,9 +86,8 @@ def run_rounds(
         messages = strategy.configure_train(rnd, arrays, train_config, train_grid)
         replies = exchange(grid, with_restore(messages, grid.partition_of, restore))
         clients, new_states, errors = take_client_results(replies, grid.partition_of)
-        absent = {reason: sum(e.endswith(f": {reason}") for e in errors) for reason in (DROPOUT, STRAGGLER_DROPPED)}
-        failures = [e for e in errors if not e.endswith((f": {DROPOUT}", f": {STRAGGLER_DROPPED}"))]
-        if not clients and (failures or not errors):
+        failures, counts = absences(errors, clients, cfg.local_epochs)
+        if not clients and (failures or not errors):  # no update, and not because every client was away
             raise RoundFailed(all_failed(rnd, len(replies), failures))
         states.update(new_states)
         restore = {p: s for p, s in restore.items() if p not in {c.partition_id for c in clients}}
@@ -103,13 +102,6 @@ def run_rounds(
                 ClientEvaluation.from_record(r.content[METRICS]) for r in evaluate_replies if not r.has_error()
             ]
         generic = global_model.evaluate(arrays, rnd)
-        partial = sum(c.local_epochs < cfg.local_epochs for c in clients)
-        counts = {
-            "failed_clients": len(failures),
-            "dropouts": absent[DROPOUT],
-            "stragglers": partial + absent[STRAGGLER_DROPPED],
-            "stragglers_dropped": absent[STRAGGLER_DROPPED],
-        }
         row = recorder.add_round(rnd, generic, clients, counts, time.time() - began, evaluations)
         if checkpoint.due(rnd, cfg.checkpoint_every, cfg.num_server_rounds):
             checkpoint.save(
@@ -171,6 +163,21 @@ def take_client_results(
             states[metrics.partition_id] = dict(reply.content[CLIENT_STATE].to_torch_state_dict())
             del reply.content[CLIENT_STATE]
     return clients, states, errors
+
+
+def absences(errors: list[str], clients: list[ClientMetrics], local_epochs: int) -> tuple[list[str], dict[str, int]]:
+    """The errors that are failures (not a dropout or a dropped straggler), and the round's counts of failed
+    clients, dropouts, stragglers (partial work sent or dropped) and dropped stragglers."""
+    away = (f": {DROPOUT}", f": {STRAGGLER_DROPPED}")
+    failures = [e for e in errors if not e.endswith(away)]
+    dropped = sum(e.endswith(away[1]) for e in errors)
+    counts = {
+        "failed_clients": len(failures),
+        "dropouts": sum(e.endswith(away[0]) for e in errors),
+        "stragglers": dropped + sum(c.local_epochs < local_epochs for c in clients),
+        "stragglers_dropped": dropped,
+    }
+    return failures, counts
 
 
 def all_failed(rnd: int, sampled: int, errors: list[str]) -> str:
