@@ -41,7 +41,7 @@ def _one_step(settings: TrainSettings, phase_optimizer: str | None) -> float:
     loader = [(torch.ones(1, 1), torch.zeros(1))]
     loss = lambda m, x, y: 0.5 * (m(x) ** 2).sum()  # noqa: E731 - d/dw = w = 2
     run_phases(model, [Phase([model.w], 1, 0.1, optimizer=phase_optimizer)], loader, settings, loss_fn=loss)  # type: ignore[arg-type]
-    return float(model.w)
+    return float(model.w.detach())
 
 
 def test_each_phase_gets_its_optimizer() -> None:
