@@ -123,8 +123,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
-    lo, _, hi = args.seeds.partition("-")
-    seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(s) for s in args.seeds.split(",")]
+    from simulations.experiments.sweep import parse_seeds  # here: worker processes import the old checkout's
+
+    seeds = parse_seeds(args.seeds.split(","))
     if not args.table_only:
         tasks = [
             (str(args.old.resolve()), str(args.out), m, s)

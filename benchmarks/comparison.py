@@ -37,6 +37,7 @@ from simulations.experiments.plan import toml_value
 from simulations.experiments.runs import finished
 from simulations.experiments.state import move_aside, resumable
 from simulations.experiments.stats import load_runs, summary_table
+from simulations.experiments.sweep import parse_seeds
 from strategies.registry import METHODS
 
 #: FedGELA's principled variants, each one setting away from the authors' release.
@@ -84,12 +85,9 @@ def worst_clients(run_dir: Path, last_k: int = 5) -> dict[str, float]:
     return {"last": per_round.iloc[-1], "best": per_round.max(), f"last{last_k}": per_round.iloc[-last_k:].mean()}
 
 
-def seeds(text: str) -> list[int]:
-    """``0-4`` or ``0,2,3``."""
-    if "-" in text:
-        lo, hi = text.split("-")
-        return list(range(int(lo), int(hi) + 1))
-    return [int(s) for s in text.split(",")]
+def seed_list(text: str) -> list[int]:
+    """``0-4`` or ``0,2,3`` (the sweep's parser, comma-separated)."""
+    return parse_seeds(text.split(","))
 
 
 def run_row(name: str, setting: str, seed_list: list[int], out: Path, app: Path | None) -> int:
@@ -226,7 +224,7 @@ def markdown(frame: pd.DataFrame) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setting", choices=list(SETTINGS), required=True)
-    parser.add_argument("--seeds", type=seeds, default=seeds("0-4"), help="e.g. 0-4 or 0,1,2")
+    parser.add_argument("--seeds", type=seed_list, default=seed_list("0-4"), help="e.g. 0-4 or 0,1,2")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--app", type=Path, help="the Flower app folder to run (default: this project)")

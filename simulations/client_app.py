@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
@@ -17,10 +17,13 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+from torch.utils.data import DataLoader
 
 from data_prep.datasets import DatasetError
-from fedetf.methods import ClientRound, TrainSettings
+from data_prep.federated import Federation
+from fedetf.methods import ClientRound, LocalMethod, TrainSettings
 from fedetf.metrics import reweighted_accuracy
+from fedetf.models import FedModel
 from fedetf.train import NonFiniteError, client_diagnostics, client_round, evaluate, predict, round_lr
 from simulations.config import RunConfig, parse_run_config
 from simulations.contracts import (
@@ -95,6 +98,44 @@ def _received(msg: Message) -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
+@dataclass
+class _ClientCall:
+    """What a train or evaluate call of partition ``pid`` in ``server_round`` works with: its data, the method,
+    the reused model buffer and its seeded initial state, and its :class:`ClientRound` (the client's state, the
+    server's broadcast records and the round's config). Opening it seeds torch for (seed, round, client)."""
+
+    fed: Federation
+    method: LocalMethod
+    model: FedModel
+    initial: dict[str, torch.Tensor]
+    train_loader: DataLoader
+    test_loader: DataLoader
+    dev: torch.device
+    rnd: ClientRound
+
+    @classmethod
+    def open(
+        cls, msg: Message, context: Context, cfg: RunConfig, pid: int, server_round: int, method: LocalMethod
+    ) -> _ClientCall:
+        seed = round_seed(cfg.seed, server_round, pid)
+        torch.manual_seed(seed)
+        fed = federation(cfg)
+        model, initial = model_buffer(method)
+        train_loader, test_loader = fed.client_loaders(pid, cfg.batch_size, seed, cfg.drop_last, cfg.num_workers)
+        dev = device(cfg)
+        rnd = ClientRound(
+            label_counts=torch.from_numpy(fed.label_counts(pid)),
+            state=_state(msg, context),
+            received=_received(msg),
+            config=dict(msg.content[CONFIG]),
+            server_round=server_round,
+            num_rounds=cfg.num_server_rounds,
+            train_loader=train_loader,
+            device=dev,
+        )
+        return cls(fed, method, model, initial, train_loader, test_loader, dev, rnd)
+
+
 def train_settings(cfg: RunConfig, server_round: int) -> TrainSettings:
     """The shared local optimisation settings of ``server_round`` (its scheduled lr)."""
     lr = round_lr(cfg.lr, cfg.lr_schedule, cfg.lr_decay, server_round, cfg.num_server_rounds)
@@ -114,35 +155,25 @@ def train(msg: Message, context: Context) -> Message:
     """Evaluate the received model (personal view), train locally, evaluate the personal model."""
     cfg = parse_run_config(context.run_config)
     pid = int(context.node_config["partition-id"])
-    config = dict(msg.content[CONFIG])
-    server_round = int(config["server-round"])
-    seed = round_seed(cfg.seed, server_round, pid)
-    torch.manual_seed(seed)
-    fed = federation(cfg)
-    method = make_method(cfg)
-    model, initial = model_buffer(method)
-    train_loader, test_loader = fed.client_loaders(pid, cfg.batch_size, seed, cfg.drop_last, cfg.num_workers)
-    rnd = ClientRound(
-        label_counts=torch.from_numpy(fed.label_counts(pid)),
-        state=_state(msg, context),
-        received=_received(msg),
-        config=config,
-        server_round=server_round,
-        num_rounds=cfg.num_server_rounds,
-    )
-    gone, epochs = systems_draw(cfg, server_round, pid)
+    server_round = int(msg.content[CONFIG]["server-round"])
+    gone, epochs = systems_draw(cfg, server_round, pid)  # before any work: an absent client does none
     if gone:
         return error_reply(msg, RuntimeError(DROPOUT))
+    method = make_method(cfg)
     if epochs < cfg.local_epochs and not method.keeps_partial_work:
         return error_reply(msg, RuntimeError(STRAGGLER_DROPPED))
+    call = _ClientCall.open(msg, context, cfg, pid, server_round, method)
+    fed, rnd, train_loader = call.fed, call.rnd, call.train_loader
     settings = replace(train_settings(cfg, server_round), epochs=epochs)
     shared = msg.content[ARRAYS].to_torch_state_dict()
-    dev = device(cfg)
+    dev = call.dev
     diagnose = None
     if cfg.diagnostics:
         probe = fed.probe_loader(seed=cfg.seed)
         diagnose = lambda m: client_diagnostics(m, probe, rnd.label_counts, dev)  # noqa: E731
-    res = client_round(method, model, initial, shared, rnd, train_loader, test_loader, settings, dev, diagnose)
+    res = client_round(
+        method, call.model, call.initial, shared, rnd, train_loader, call.test_loader, settings, dev, diagnose
+    )
     if res.state:
         context.state[STATE_KEY] = ArrayRecord(res.state)
     metrics = ClientMetrics(
@@ -161,7 +192,7 @@ def train(msg: Message, context: Context) -> Message:
         **res.diagnostics,
     )
     content = RecordDict({ARRAYS: ArrayRecord(res.shared), METRICS: metrics.to_record()})
-    if config.get(SEND_STATE) and res.state:  # the server checkpoints per-client states
+    if rnd.config.get(SEND_STATE) and res.state:  # the server checkpoints per-client states
         content[CLIENT_STATE] = ArrayRecord(res.state)
     for name, tensors in res.extras.items():
         content[name] = ArrayRecord({k: v.detach().cpu() for k, v in tensors.items()})
@@ -177,27 +208,12 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     ``personal-test=reweighted``, on the global test set weighted by its training label shares."""
     cfg = parse_run_config(context.run_config)
     pid = int(context.node_config["partition-id"])
-    config = dict(msg.content[CONFIG])
-    server_round = int(config.get("server-round", 0))
-    seed = round_seed(cfg.seed, server_round, pid)
-    torch.manual_seed(seed)
-    fed = federation(cfg)
-    method = make_method(cfg)
-    model, initial = model_buffer(method)
-    train_loader, test_loader = fed.client_loaders(pid, cfg.batch_size, seed, cfg.drop_last, cfg.num_workers)
-    dev = device(cfg)
-    rnd = ClientRound(
-        label_counts=torch.from_numpy(fed.label_counts(pid)),
-        state=_state(msg, context),
-        received=_received(msg),
-        config=config,
-        server_round=server_round,
-        num_rounds=cfg.num_server_rounds,
-        train_loader=train_loader,
-        device=dev,
-    )
+    server_round = int(msg.content[CONFIG].get("server-round", 0))
+    call = _ClientCall.open(msg, context, cfg, pid, server_round, make_method(cfg))
+    fed, method, model, rnd, dev = call.fed, call.method, call.model, call.rnd, call.dev
+    train_loader, test_loader = call.train_loader, call.test_loader
     settings = train_settings(cfg, server_round)
-    method.load(model, msg.content[ARRAYS].to_torch_state_dict(), initial, rnd.state, rnd.received)
+    method.load(model, msg.content[ARRAYS].to_torch_state_dict(), call.initial, rnd.state, rnd.received)
     model.to(dev)
     method.begin(model, rnd)
     unseen = pid in holdout_partitions(cfg)

@@ -252,6 +252,7 @@ def evaluation_row(evaluations: list[ClientEvaluation]) -> dict[str, Any]:
     seen = [e for e in evaluations if not e.unseen]
     unseen = [e for e in evaluations if e.unseen]
     fair = fairness(np.array([e.personal_acc for e in seen]))
+    away = fairness(np.array([e.personal_acc for e in unseen]))
     return {
         "all_personal_acc": pooled(seen),
         "all_personal_acc_mean": fair["mean"],
@@ -260,8 +261,8 @@ def evaluation_row(evaluations: list[ClientEvaluation]) -> dict[str, Any]:
         "all_personal_acc_min": fair["min"],
         "evaluated_clients": len(evaluations),
         "unseen_personal_acc": pooled(unseen),
-        "unseen_personal_acc_mean": fairness(np.array([e.personal_acc for e in unseen]))["mean"],
-        "unseen_personal_acc_min": fairness(np.array([e.personal_acc for e in unseen]))["min"],
+        "unseen_personal_acc_mean": away["mean"],
+        "unseen_personal_acc_min": away["min"],
     }
 
 
