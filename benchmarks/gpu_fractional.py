@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "num-workers": args.num_workers,
         "device": "auto",
         "seed": 0,
+        "evaluate-every": 0,  # training rounds only, as the plain loop it is compared with
     }
     extra = ""
     if args.dry_run:

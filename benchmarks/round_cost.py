@@ -579,6 +579,7 @@ def config_for(dataset: str, method: str, rounds: int, epochs: int, data_root: P
         "local-epochs": epochs,
         "fraction-train": 1.0,
         "seed": 0,
+        "evaluate-every": 0,  # the rounds' own work: the all-client evaluation is measured by many_clients.py
     }
 
 
