@@ -44,14 +44,24 @@ class DatasetInfo:
     class_names: tuple[str, ...] = ()
     #: Training augmentation for small images: none | crop | crop-flip.
     train_augment: str = "none"
-    #: Number of natural clients (e.g. hospitals); 0 if the dataset has none.
+    #: Number of natural clients (e.g. hospitals, writers); 0 if the dataset has none (it is partitioned).
     natural_clients: int = 0
+    #: How ``num-clients`` relates to the natural clients: "exact" (one client per centre), "at-most" (the
+    #: first ``num-clients`` of them) or "any" (each client is generated from the seed; no partition).
+    client_count: str = "exact"
+    #: Length of one flattened sample for non-image data (e.g. 60 features); 0 for images.
+    input_features: int = 0
     #: Default local loss: ce | focal.
     default_loss: str = "ce"
     #: Batch size of evaluation loaders.
     eval_batch_size: int = 512
     #: Loaders yield uint8 NHWC batches, normalised by the model on the device (``mean``/``std``).
     uint8_batches: bool = False
+
+    @property
+    def natural(self) -> bool:
+        """Whether the dataset brings its own clients (partition settings do not apply)."""
+        return self.natural_clients > 0 or self.client_count == "any"
 
 
 class Splits(Protocol):
@@ -116,14 +126,20 @@ Loader = Callable[[int, dict[str, Any]], Splits]
 class DatasetEntry:
     info: DatasetInfo
     load: Loader = field(repr=False)
+    #: For a generated dataset: ``federation(num_clients, seed, options)`` builds its
+    #: :class:`~data_prep.federated.Federation` directly (``load`` is then unused).
+    federation: Callable[[int, int, dict[str, Any]], Any] | None = field(default=None, repr=False)
 
 
 DATASETS: dict[str, DatasetEntry] = {}
 
 
-def register_dataset(info: DatasetInfo, load: Loader) -> None:
-    """Register a dataset; ``load(seed, options)`` returns its :class:`Splits`."""
-    DATASETS[info.name] = DatasetEntry(info, load)
+def register_dataset(
+    info: DatasetInfo, load: Loader, federation: Callable[[int, int, dict[str, Any]], Any] | None = None
+) -> None:
+    """Register a dataset; ``load(seed, options)`` returns its :class:`Splits`, or for a generated dataset
+    ``federation(num_clients, seed, options)`` returns its federation."""
+    DATASETS[info.name] = DatasetEntry(info, load, federation)
 
 
 def get_dataset_info(name: str) -> DatasetInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -13,9 +14,50 @@ from data_prep.datasets import DATASETS, DatasetInfo, Splits
 from data_prep.partition import partition_indices
 
 
+class Federation(ABC):
+    """A dataset's clients and the global test set (generic accuracy), as every process sees them.
+
+    :class:`IndexedFederation` slices a decoded dataset by partition indices; a generated dataset
+    (``data_prep.synthetic``) builds each client's data from the seed when it is asked for.
+    """
+
+    info: DatasetInfo
+
+    @property
+    @abstractmethod
+    def num_clients(self) -> int: ...
+
+    @abstractmethod
+    def labels(self, cid: int, split: str = "train") -> np.ndarray:
+        """Labels of one client's train or test split."""
+
+    @abstractmethod
+    def client_loaders(
+        self, cid: int, batch_size: int, seed: int, drop_last: bool = False, num_workers: int = 0
+    ) -> tuple[DataLoader, DataLoader]:
+        """Train (shuffled, seeded, augmented) and test loaders over client ``cid``'s data only."""
+
+    @abstractmethod
+    def probe_loader(self, per_class: int = 32, seed: int = 0) -> DataLoader:
+        """A small class-balanced subset of the generic test set (at most ``per_class`` per class), for
+        diagnostics that need samples of classes a client does not hold."""
+
+    @abstractmethod
+    def global_test_loader(self, num_workers: int = 0) -> DataLoader:
+        """The global test set (generic accuracy)."""
+
+    def label_counts(self, cid: int, split: str = "train") -> np.ndarray:
+        """Per-class sample counts of one client's train or test split."""
+        return np.bincount(self.labels(cid, split), minlength=self.info.num_classes)
+
+    def pooled_train_counts(self) -> np.ndarray:
+        """Per-class counts of the pooled train split of all clients."""
+        return np.sum([self.label_counts(c) for c in range(self.num_clients)], axis=0)
+
+
 @dataclass(frozen=True)
-class Federation:
-    """A dataset, its per-client partition, and the global test set (generic accuracy)."""
+class IndexedFederation(Federation):
+    """A decoded dataset, its per-client partition (indices into its splits), and the global test set."""
 
     info: DatasetInfo
     data: Splits
@@ -26,21 +68,17 @@ class Federation:
     def num_clients(self) -> int:
         return len(self.parts)
 
-    def label_counts(self, cid: int, split: str = "train") -> np.ndarray:
-        """Per-class sample counts of one client's train or test split."""
+    def labels(self, cid: int, split: str = "train") -> np.ndarray:
         tr, te = self.parts[cid]
-        labels = self.data.y_train[tr] if split == "train" else self.data.y_test[te]
-        return np.bincount(labels, minlength=self.info.num_classes)
+        return self.data.y_train[tr] if split == "train" else self.data.y_test[te]
 
     def pooled_train_counts(self) -> np.ndarray:
-        """Per-class counts of the pooled train split of all clients."""
         labels = np.concatenate([self.data.y_train[tr] for tr, _ in self.parts])
         return np.bincount(labels, minlength=self.info.num_classes)
 
     def client_loaders(
         self, cid: int, batch_size: int, seed: int, drop_last: bool = False, num_workers: int = 0
     ) -> tuple[DataLoader, DataLoader]:
-        """Train (shuffled, seeded, augmented) and test loaders over client ``cid``'s data only."""
         tr, te = self.parts[cid]
         gen = torch.Generator().manual_seed(seed)
         train = DataLoader(
@@ -61,17 +99,12 @@ class Federation:
         )
 
     def probe_loader(self, per_class: int = 32, seed: int = 0) -> DataLoader:
-        """A small class-balanced subset of the generic test set (at most ``per_class`` per class).
-
-        For diagnostics that need samples of classes a client does not hold.
-        """
         labels = self.data.y_test[self.global_test]
         rng = np.random.default_rng(seed)
         picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(self.info.num_classes)]
         return self._eval_loader(np.sort(self.global_test[np.concatenate(picks)]))
 
     def global_test_loader(self, num_workers: int = 0) -> DataLoader:
-        """The global test set (generic accuracy)."""
         return self._eval_loader(self.global_test, num_workers)
 
 
@@ -123,8 +156,11 @@ def load_federation(
     """
     if generic_test not in GENERIC_TESTS:
         raise ValueError(f"generic-test={generic_test!r} is unknown; allowed: {list(GENERIC_TESTS)}")
+    entry = DATASETS[dataset]
+    if entry.federation is not None:  # a generated dataset: its clients come from the seed, not a partition
+        return entry.federation(num_clients, seed, dict(options))
     data = load_dataset(dataset, seed, options)
-    info = DATASETS[dataset].info
+    info = entry.info
     if not normalize:
         info = replace(info, mean=(0.0,) * info.in_channels, std=(1.0,) * info.in_channels)
     if partition == "natural":
@@ -146,7 +182,7 @@ def load_federation(
             global_test = np.arange(len(data.y_test))
         else:
             global_test = balanced_subset(data.y_test, seed)
-    return Federation(info, data, parts, global_test)
+    return IndexedFederation(info, data, parts, global_test)
 
 
 def natural_parts(data: Splits, num_clients: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -105,7 +105,24 @@ class SimpleCNN(nn.Module):
         return self.features(x)
 
 
+class MLP(nn.Module):
+    """Flatten, then one hidden layer (ReLU): for feature vectors such as Synthetic(alpha, beta)'s 60."""
+
+    def __init__(self, in_channels: int = 1, input_features: int = 0, hidden: int = 200) -> None:
+        super().__init__()
+        if input_features <= 0:
+            raise ValueError("model='mlp' needs the length of one sample (the dataset's input_features)")
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(input_features, hidden), nn.ReLU(inplace=True))
+        self.out_dim = hidden
+        #: One Linear from the hidden layer to the features: a two-layer MLP before the classifier.
+        self.head_hidden = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
 BACKBONES = {
+    "mlp": MLP,
     "cnn": SmallCNN,
     "simple-cnn": SimpleCNN,
     "resnet18": resnet18_cifar,
@@ -274,6 +291,7 @@ def build_model(
     image_size: int = 0,
     feature_norm: str = "none",
     projection: str = "mlp",
+    input_features: int = 0,
     **head_options: object,
 ) -> FedModel:
     """Build a :class:`FedModel`.
@@ -297,6 +315,8 @@ def build_model(
         ``"batchnorm"`` puts BatchNorm1d on the features (FedGELA), ``"none"`` does not.
     projection : str
         The feature head: ``"mlp"`` (Linear ReLU Linear) or ``"linear"`` (one Linear, FedETF's).
+    input_features : int
+        Length of one flattened sample (needed by ``mlp``).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"model={backbone!r} is unknown; allowed: {sorted(BACKBONES)}")
@@ -309,6 +329,8 @@ def build_model(
             extra["weights_path"] = weights_path
         if backbone == "simple-cnn":
             extra["image_size"] = image_size
+        if backbone == "mlp":
+            extra["input_features"] = input_features
         body = BACKBONES[backbone](in_channels=in_channels, **extra)
         if projection not in PROJECTIONS:
             raise ValueError(f"projection={projection!r} is unknown; allowed: {list(PROJECTIONS)}")

@@ -4,8 +4,10 @@ A checkpoint (``checkpoint.pt`` beside the results) holds the round, the global
 arrays, the strategy's own state (its plain attributes: FedAvgM's momentum,
 FedAdam's moments, SCAFFOLD's ``c``, a rotated ETF, ...), Python's and torch's
 random states on the server (Flower samples clients with ``random``), and the
-per-client states of stateful methods. It is written atomically and read
-with ``torch.load(weights_only=True)``.
+per-client states of stateful methods (or, when SuperNodes serve many clients
+in turn, a note that they are in the run's state store up to this round:
+``simulations.state_store``). It is written atomically and read with
+``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def save(
     strategy: Any,
     client_states: dict[int, dict[str, torch.Tensor]],
     config: dict[str, Any],
+    client_store: bool = False,
 ) -> Path:
     """Write ``out_dir/checkpoint.pt`` atomically."""
     version, internal, gauss = random.getstate()
@@ -116,6 +119,7 @@ def save(
         "python_random": [version, list(internal), gauss],
         "torch_random": torch.get_rng_state(),
         "client_states": {str(pid): dict(s) for pid, s in client_states.items()},
+        "client_store": client_store,
     }
     path = out_dir / CHECKPOINT
     with atomic_path(path) as tmp:
@@ -149,5 +153,21 @@ def global_arrays(payload: dict[str, Any]) -> ArrayRecord:
     return ArrayRecord({k: Array(t.numpy()) for k, t in payload["arrays"].items()})
 
 
-def client_states(payload: dict[str, Any]) -> dict[int, dict[str, torch.Tensor]]:
-    return {int(pid): dict(s) for pid, s in payload["client_states"].items()}
+def client_states(payload: dict[str, Any], out_dir: Path, stored: bool) -> dict[int, dict[str, torch.Tensor]]:
+    """The clients' states at the checkpoint for a run whose states are ``stored`` in the state store or not:
+    the checkpoint's own; none when both keep them in the store (it rolls back to the checkpoint's round
+    itself); else the store's, read up to the checkpoint's round."""
+    if not payload.get("client_store"):
+        return {int(pid): dict(s) for pid, s in payload["client_states"].items()}
+    if stored:
+        return {}
+    from simulations.state_store import STORE_FILE, ClientStateStore
+
+    if not (out_dir / STORE_FILE).is_file():
+        raise CheckpointError(f"cannot resume: {out_dir / STORE_FILE} (the clients' states) is missing")
+    store = ClientStateStore(out_dir / STORE_FILE)
+    try:
+        store.rollback(int(payload["round"]))
+        return store.all()
+    finally:
+        store.close()

@@ -1,4 +1,9 @@
-"""fedetf ClientApp: one client round of the run's method; per-client state in ``context.state``.
+"""fedetf ClientApp: one client round of the run's method.
+
+A node is one client (its ``partition-id`` node config), whose state between
+rounds lives in ``context.state``; or, when the SuperNodes are fewer than the
+clients, each message names the client to serve, brings that client's state from
+the server's store and takes the new state back (``simulations.state_store``).
 
 A client's own failure (its training diverged, its data cannot be read) is
 answered with an error reply carrying one line, not raised: the server counts
@@ -28,6 +33,7 @@ from fedetf.train import NonFiniteError, client_diagnostics, client_round, evalu
 from simulations.config import RunConfig, parse_run_config
 from simulations.contracts import (
     ARRAYS,
+    CLIENT,
     CLIENT_STATE,
     CONFIG,
     DROPOUT,
@@ -83,9 +89,18 @@ def _fails_in_one_line(handler: Handler) -> Handler:
     return wrapped
 
 
-def _state(msg: Message, context: Context) -> dict[str, torch.Tensor]:
-    """The client's own state; after a resume, the checkpointed one the server sends until the client has it."""
-    record = context.state.get(STATE_KEY)
+def _client(msg: Message, context: Context) -> tuple[int, bool]:
+    """The client this message is for, and whether the node serves many clients (its state then travels with
+    the messages instead of living in ``context.state``)."""
+    if CLIENT in msg.content:
+        return int(msg.content[CLIENT]["partition-id"]), True
+    return int(context.node_config["partition-id"]), False
+
+
+def _state(msg: Message, context: Context, multiplexed: bool) -> dict[str, torch.Tensor]:
+    """The client's own state: the one its message brings when multiplexed; else ``context.state``'s, or after
+    a resume the checkpointed one the server sends until the client has it."""
+    record = None if multiplexed else context.state.get(STATE_KEY)
     if not isinstance(record, ArrayRecord) and RESTORE_STATE in msg.content:
         record = msg.content[RESTORE_STATE]
     return dict(record.to_torch_state_dict()) if isinstance(record, ArrayRecord) else {}
@@ -115,7 +130,14 @@ class _ClientCall:
 
     @classmethod
     def open(
-        cls, msg: Message, context: Context, cfg: RunConfig, pid: int, server_round: int, method: LocalMethod
+        cls,
+        msg: Message,
+        context: Context,
+        cfg: RunConfig,
+        pid: int,
+        server_round: int,
+        method: LocalMethod,
+        multiplexed: bool = False,
     ) -> _ClientCall:
         seed = round_seed(cfg.seed, server_round, pid)
         torch.manual_seed(seed)
@@ -125,7 +147,7 @@ class _ClientCall:
         dev = device(cfg)
         rnd = ClientRound(
             label_counts=torch.from_numpy(fed.label_counts(pid)),
-            state=_state(msg, context),
+            state=_state(msg, context, multiplexed),
             received=_received(msg),
             config=dict(msg.content[CONFIG]),
             server_round=server_round,
@@ -154,7 +176,7 @@ def query(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Evaluate the received model (personal view), train locally, evaluate the personal model."""
     cfg = parse_run_config(context.run_config)
-    pid = int(context.node_config["partition-id"])
+    pid, multiplexed = _client(msg, context)
     server_round = int(msg.content[CONFIG]["server-round"])
     gone, epochs = systems_draw(cfg, server_round, pid)  # before any work: an absent client does none
     if gone:
@@ -162,7 +184,7 @@ def train(msg: Message, context: Context) -> Message:
     method = make_method(cfg)
     if epochs < cfg.local_epochs and not method.keeps_partial_work:
         return error_reply(msg, RuntimeError(STRAGGLER_DROPPED))
-    call = _ClientCall.open(msg, context, cfg, pid, server_round, method)
+    call = _ClientCall.open(msg, context, cfg, pid, server_round, method, multiplexed)
     fed, rnd, train_loader = call.fed, call.rnd, call.train_loader
     settings = replace(train_settings(cfg, server_round), epochs=epochs)
     shared = msg.content[ARRAYS].to_torch_state_dict()
@@ -174,7 +196,7 @@ def train(msg: Message, context: Context) -> Message:
     res = client_round(
         method, call.model, call.initial, shared, rnd, train_loader, call.test_loader, settings, dev, diagnose
     )
-    if res.state:
+    if res.state and not multiplexed:
         context.state[STATE_KEY] = ArrayRecord(res.state)
     metrics = ClientMetrics(
         partition_id=pid,
@@ -192,7 +214,7 @@ def train(msg: Message, context: Context) -> Message:
         **res.diagnostics,
     )
     content = RecordDict({ARRAYS: ArrayRecord(res.shared), METRICS: metrics.to_record()})
-    if rnd.config.get(SEND_STATE) and res.state:  # the server checkpoints per-client states
+    if (rnd.config.get(SEND_STATE) or multiplexed) and res.state:  # the server checkpoints or stores it
         content[CLIENT_STATE] = ArrayRecord(res.state)
     for name, tensors in res.extras.items():
         content[name] = ArrayRecord({k: v.detach().cpu() for k, v in tensors.items()})
@@ -207,9 +229,9 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     (:meth:`~fedetf.methods.LocalMethod.adapt_unseen`); on its own test split or, with
     ``personal-test=reweighted``, on the global test set weighted by its training label shares."""
     cfg = parse_run_config(context.run_config)
-    pid = int(context.node_config["partition-id"])
+    pid, multiplexed = _client(msg, context)
     server_round = int(msg.content[CONFIG].get("server-round", 0))
-    call = _ClientCall.open(msg, context, cfg, pid, server_round, make_method(cfg))
+    call = _ClientCall.open(msg, context, cfg, pid, server_round, make_method(cfg), multiplexed)
     fed, method, model, rnd, dev = call.fed, call.method, call.model, call.rnd, call.dev
     train_loader, test_loader = call.train_loader, call.test_loader
     settings = train_settings(cfg, server_round)

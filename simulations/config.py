@@ -111,7 +111,7 @@ class RunConfig:
     partition: str = setting(
         "pcdd",
         "the label skew: `pcdd` (`classes-per-client` classes each), `dirichlet` (`dirichlet-beta`) or `iid`; "
-        "ignored by a dataset with clients of its own (`fed-isic2019`)",
+        "ignored by a dataset with clients of its own (`fed-isic2019`, `synthetic`)",
         choices=tuple(sorted(PARTITIONS)),
     )
     pcdd_assignment: str = setting(
@@ -125,13 +125,25 @@ class RunConfig:
     dirichlet_beta: float = setting(
         0.5, "concentration of `dirichlet` (smaller is more skewed; 0.1 and 0.5 are common)", gt=0
     )
+    synthetic_alpha: float = setting(
+        1.0, "`synthetic`: spread of the clients' models (FedProx's alpha; 0 with beta 0 is Synthetic(0, 0))", ge=0
+    )
+    synthetic_beta: float = setting(1.0, "`synthetic`: spread of the clients' input means (FedProx's beta)", ge=0)
+    synthetic_samples: int = setting(
+        0, "`synthetic`: samples per client; 0 draws FedProx's power law, int(lognormal(4, 2)) + 50", ge=0
+    )
     generic_test: str = setting(
         "full",
         "the generic view's test set: `full` (the whole global test set, as the FedGELA authors) or `balanced` "
         "(the same number per class: the rarest class's count)",
         choices=GENERIC_TESTS,
     )
-    num_clients: int = setting(10, "number of clients; must equal the federation's `num-supernodes`", ge=1)
+    num_clients: int = setting(
+        10,
+        "number of clients: one per SuperNode when it equals the federation's `num-supernodes`, else the "
+        "SuperNodes serve them in turn (docs/scale.md)",
+        ge=1,
+    )
     fraction_train: float = setting(1.0, "fraction of the clients sampled each round", gt=0, le=1)
     num_server_rounds: int = setting(20, "federated rounds", ge=1)
     evaluate_every: int = setting(
@@ -299,7 +311,7 @@ class RunConfig:
     @property
     def natural(self) -> bool:
         """Whether the dataset brings its own clients (PCDD settings are then ignored)."""
-        return DATASETS[self.dataset].info.natural_clients > 0
+        return DATASETS[self.dataset].info.natural
 
     @property
     def effective_partition(self) -> str:
@@ -312,6 +324,12 @@ class RunConfig:
     @property
     def data_options(self) -> tuple[tuple[str, object], ...]:
         """Options handed to the dataset loader (hashable, for caching)."""
+        if self.dataset == "synthetic":
+            return (
+                ("synthetic-alpha", self.synthetic_alpha),
+                ("synthetic-beta", self.synthetic_beta),
+                ("synthetic-samples", self.synthetic_samples),
+            )
         return (("data-root", self.data_root), ("download", self.download))
 
     @property
@@ -393,12 +411,16 @@ def _check_combinations(cfg: RunConfig) -> None:
     if cfg.resume and not cfg.output_dir:
         raise _fail("resume", cfg.resume, "true only with output-dir set to the run folder to continue")
     info = DATASETS[cfg.dataset].info
-    if cfg.natural and cfg.num_clients != info.natural_clients:
+    if info.natural_clients and info.client_count == "exact" and cfg.num_clients != info.natural_clients:
         raise _fail(
-            "num-clients",
-            cfg.num_clients,
-            f"{info.natural_clients} for dataset={cfg.dataset!r} (one client per centre; set num-supernodes alike)",
+            "num-clients", cfg.num_clients, f"{info.natural_clients} for dataset={cfg.dataset!r} (one per centre)"
         )
+    if info.natural_clients and info.client_count == "at-most" and cfg.num_clients > info.natural_clients:
+        raise _fail(
+            "num-clients", cfg.num_clients, f"at most the {info.natural_clients} clients of dataset={cfg.dataset!r}"
+        )
+    if info.input_features and cfg.model_name != "mlp":
+        raise _fail("model", cfg.model, f"'mlp' or 'auto' for the feature-vector dataset={cfg.dataset!r}")
     if cfg.model_name == "efficientnet_b0" and info.in_channels != 3:
         raise _fail(
             "model", cfg.model, f"'cnn' or 'resnet18' for the {info.in_channels}-channel dataset={cfg.dataset!r}"

@@ -2,6 +2,8 @@
 
 A train message carries Flower's ``arrays`` and ``config`` (FedAvg's record keys),
 the strategy's broadcast records, and once after a resume :data:`RESTORE_STATE`.
+When SuperNodes serve many clients in turn, each message also names its client
+(:data:`CLIENT`) and carries that client's stored state (:data:`RESTORE_STATE`).
 A train reply carries ``arrays``, ``metrics`` (a :class:`ClientMetrics` record), a
 method's extra records, and :data:`CLIENT_STATE` when the server keeps checkpoints.
 A client that fails on its own (divergence, bad data) replies with an error whose
@@ -32,6 +34,8 @@ RESTORE_STATE = "fedetf.restore-state"
 SEND_STATE = "send-state"
 #: The handshake reply's ConfigRecord: the node's ``partition-id`` and ``num-partitions``.
 NODE = "node"
+#: A multiplexed message's ConfigRecord naming the client (``partition-id``) the node is to serve for it.
+CLIENT = "fedetf.client"
 
 
 def _diagnostic() -> Any:

@@ -1,10 +1,16 @@
-"""Grids: partition order for reproducible sampling, and nodes that live in this process.
+"""Grids: partition order for reproducible sampling, clients multiplexed over few nodes, and nodes that live
+in this process.
 
 Simulated node ids are random per run. After one handshake that asks each
 node for its partition id, :class:`PartitionOrderedGrid` lists nodes in
 partition order (so a seeded ``random.sample`` in any strategy picks the same
 partitions every run) and returns replies in partition order (so float sums in
 aggregation happen in the same order). It changes no message.
+
+:class:`MultiplexGrid` serves ``num-clients`` virtual clients from fewer
+nodes: a strategy sees one node id per client and samples among them; each
+message goes, naming its client (:data:`~simulations.contracts.CLIENT`), to
+one of the real nodes in turn, and its reply comes back from the client's id.
 
 :class:`InProcessGrid` hands each message straight to a ClientApp in this
 process, one Context per node: the whole round loop without Ray (tests).
@@ -22,7 +28,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from simulations.contracts import NODE
+from simulations.contracts import CLIENT, NODE
 
 
 class PartitionOrderedGrid(Grid):
@@ -89,9 +95,7 @@ class PartitionOrderedGrid(Grid):
         the same nodes and messages, minus those partitions' nodes in :meth:`get_node_ids`."""
         if not partitions:
             return self
-        view = _Without(self, partitions)
-        view.partition_of, view.num_partitions = self.partition_of, self.num_partitions
-        return view
+        return _Without(self, partitions)
 
     def _order(self, node_id: int) -> tuple[int, int]:
         return (self.partition_of.get(node_id, 1 << 62), node_id)
@@ -125,9 +129,51 @@ class _Without(PartitionOrderedGrid):
     def __init__(self, inner: PartitionOrderedGrid, excluded: frozenset[int]) -> None:
         super().__init__(inner)
         self.excluded = excluded
+        self.partition_of, self.num_partitions = inner.partition_of, inner.num_partitions
 
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.inner.get_node_ids() if self.inner.partition_of.get(n) not in self.excluded]
+
+
+class MultiplexGrid(PartitionOrderedGrid):
+    """``num_clients`` virtual clients over the real ``nodes`` of ``inner`` (fewer of them).
+
+    Client ``p`` is the node id ``VIRTUAL + p`` to the strategy. A round's messages go to the real nodes in
+    turn (message ``i`` of a batch to node ``i mod len(nodes)``), each with a content of its own that adds
+    the client's id; the strategy's messages are not changed. Which node serves a client does not matter:
+    its data come from its partition id, its seeds from (seed, round, client), its state with the message.
+    """
+
+    VIRTUAL = 1 << 40
+
+    def __init__(self, inner: Grid, nodes: list[int], num_clients: int) -> None:
+        super().__init__(inner)
+        self.nodes = sorted(nodes)
+        self.partition_of = {self.VIRTUAL + p: p for p in range(num_clients)}
+        self.num_partitions = {num_clients}
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.partition_of)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        sent: list[tuple[Message, int]] = []
+        for i, msg in enumerate(messages):
+            virtual = msg.metadata.dst_node_id
+            content = RecordDict(
+                {**dict(msg.content.items()), CLIENT: ConfigRecord({"partition-id": self.partition_of[virtual]})}
+            )
+            out = Message(
+                content=content,
+                dst_node_id=self.nodes[i % len(self.nodes)],
+                message_type=msg.metadata.message_type,
+                group_id=msg.metadata.group_id,
+            )
+            sent.append((out, virtual))
+        replies = list(self.inner.send_and_receive([m for m, _ in sent], timeout=timeout))
+        client_of = {m.metadata.message_id: virtual for m, virtual in sent}
+        for reply in replies:
+            reply.metadata.__dict__["_src_node_id"] = client_of[reply.metadata.reply_to_message_id]
+        return sorted(replies, key=lambda m: self._order(m.metadata.src_node_id))
 
 
 class InProcessGrid(Grid):

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import INFO
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,9 @@ from simulations.contracts import (
     ClientMetrics,
     error_reason,
 )
-from simulations.grid import PartitionOrderedGrid
+from simulations.grid import MultiplexGrid, PartitionOrderedGrid
 from simulations.results import RunRecorder
+from simulations.state_store import STORE_FILE, ClientStateStore, NodeStates, StoredStates
 from simulations.task import device, federation, holdout_partitions, model_buffer, round_seed
 from strategies.privacy import innermost
 
@@ -72,10 +74,9 @@ def run_rounds(
 ) -> ArrayRecord:
     """Run rounds ``start.done + 1 .. cfg.num_server_rounds``; return the final global arrays."""
     global_model = GlobalModel(cfg, method, strategy)
-    arrays, states = start.arrays, dict(start.client_states)
-    restore = dict(start.client_states)  # a resumed partition's state goes with its messages until it replies
+    arrays, states = start.arrays, client_states(grid, cfg, recorder.out_dir, start)
     train_config = ConfigRecord({"method": method.name, "local-epochs": cfg.local_epochs})
-    if cfg.checkpoint_every:
+    if cfg.checkpoint_every or states.stored:
         train_config[SEND_STATE] = True
     evaluate_config = ConfigRecord({"method": method.name})
     train_grid = grid.without(holdout_partitions(cfg))  # held-out clients are never sampled for training
@@ -84,19 +85,18 @@ def run_rounds(
         began = time.time()
         random.seed(round_seed(cfg.seed, rnd, -1))  # Flower samples nodes with the global `random`
         messages = strategy.configure_train(rnd, arrays, train_config, train_grid)
-        replies = exchange(grid, with_restore(messages, grid.partition_of, restore))
+        replies = exchange(grid, with_states(messages, grid.partition_of, states))
         clients, new_states, errors = take_client_results(replies, grid.partition_of)
         failures, counts = absences(errors, clients, cfg.local_epochs)
         if not clients and (failures or not errors):  # no update, and not because every client was away
             raise RoundFailed(all_failed(rnd, len(replies), failures))
-        states.update(new_states)
-        restore = {p: s for p, s in restore.items() if p not in {c.partition_id for c in clients}}
+        states.update(rnd, new_states, {c.partition_id for c in clients})
         aggregated, _ = strategy.aggregate_train(rnd, replies)
         arrays = arrays if aggregated is None else aggregated  # as Strategy.start: keep the model if none came
         evaluations: list[ClientEvaluation] = []
         if evaluation_due(rnd, cfg.evaluate_every, cfg.num_server_rounds):  # every client, held-out ones too
             evaluate_messages = strategy.configure_evaluate(rnd, arrays, evaluate_config, grid)
-            evaluate_replies = exchange(grid, with_restore(evaluate_messages, grid.partition_of, restore))
+            evaluate_replies = exchange(grid, with_states(evaluate_messages, grid.partition_of, states))
             strategy.aggregate_evaluate(rnd, evaluate_replies)
             evaluations = [
                 ClientEvaluation.from_record(r.content[METRICS]) for r in evaluate_replies if not r.has_error()
@@ -109,10 +109,12 @@ def run_rounds(
                 server_round=rnd,
                 arrays=arrays,
                 strategy=strategy,
-                client_states=states,
+                client_states=states.for_checkpoint(rnd),
+                client_store=states.stored,
                 config=recorder.config,
             )
         log_round(row)
+    states.close()
     return arrays
 
 
@@ -127,14 +129,22 @@ def exchange(grid: PartitionOrderedGrid, messages: Iterable[Message]) -> list[Me
     return list(grid.send_and_receive(messages, timeout=TIMEOUT)) if messages else []
 
 
-def with_restore(
-    messages: Iterable[Message], partition_of: dict[int, int], restore: dict[int, Tensors]
+def client_states(grid: PartitionOrderedGrid, cfg: RunConfig, out_dir: Path, start: Start) -> NodeStates | StoredStates:
+    """Where the clients' states live: in their nodes, or (clients multiplexed over fewer nodes) in the store."""
+    if isinstance(grid, MultiplexGrid):
+        store = ClientStateStore(out_dir / STORE_FILE)
+        return StoredStates(store, start.done, start.client_states, keep_versions=bool(cfg.checkpoint_every))
+    return NodeStates(start.client_states)
+
+
+def with_states(
+    messages: Iterable[Message], partition_of: dict[int, int], states: NodeStates | StoredStates
 ) -> list[Message]:
-    """``messages``, where each one to a partition in ``restore`` gets a content of its own with that state added
-    (a strategy's messages share one content)."""
+    """``messages``, where each one to a client with a state to send gets a content of its own with that state
+    added (a strategy's messages share one content)."""
     out = []
     for msg in messages:
-        state = restore.get(partition_of.get(msg.metadata.dst_node_id, -1))
+        state = states.to_send(partition_of.get(msg.metadata.dst_node_id, -1))
         if state is not None:
             msg = Message(
                 content=RecordDict({**dict(msg.content.items()), RESTORE_STATE: ArrayRecord(state)}),

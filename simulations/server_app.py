@@ -28,7 +28,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from fedetf.methods import LocalMethod
 from simulations import checkpoint
 from simulations.config import ConfigError, RunConfig, parse_run_config
-from simulations.grid import PartitionOrderedGrid
+from simulations.grid import MultiplexGrid, PartitionOrderedGrid
 from simulations.partition_plot import PARTITION_FILE, plot_partition
 from simulations.results import (
     RunInfo,
@@ -71,7 +71,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         setup = prepare(context)
         nodes = connect(grid, setup.cfg)
-        recorder, start = open_results(setup)
+        recorder, start = open_results(setup, multiplexed=isinstance(nodes, MultiplexGrid))
     except Exception as exc:
         log(ERROR, "%s", one_line(exc, EXPECTED, "cannot start the run", "nothing was trained"))
         raise SystemExit(2) from None
@@ -226,22 +226,27 @@ def resume_point(cfg: RunConfig) -> dict[str, Any]:
 
 
 def connect(grid: Grid, cfg: RunConfig) -> PartitionOrderedGrid:
-    """Wait for the federation, check its size, and learn each node's partition (in one handshake)."""
+    """Wait for the federation. As many nodes as clients: learn each node's partition (in one handshake). Fewer:
+    the nodes serve the clients in turn (:class:`MultiplexGrid`). More: refuse."""
     nodes = PartitionOrderedGrid(grid)
-    found = len(nodes.wait_for_nodes(cfg.num_clients))
-    if found == cfg.num_clients:
-        found = len(nodes.handshake(expected=cfg.num_clients))
-    if found != cfg.num_clients or nodes.num_partitions != {cfg.num_clients}:
+    found = nodes.wait_for_nodes(cfg.num_clients)
+    if 0 < len(found) < cfg.num_clients:
+        log(INFO, "%d clients served in turn by %d SuperNodes", cfg.num_clients, len(found))
+        return MultiplexGrid(grid, found, cfg.num_clients)
+    if len(found) == cfg.num_clients:
+        nodes.handshake(expected=cfg.num_clients)
+    if len(found) != cfg.num_clients or nodes.num_partitions != {cfg.num_clients}:
         raise SetupError(
-            f"invalid run config: num-clients={cfg.num_clients} but the federation has {found} supernodes; "
-            f"allowed: num-clients equal to num-supernodes, e.g. flwr run . --run-config 'num-clients={found}' or "
-            f"--federation-config 'num-supernodes={cfg.num_clients}'"
+            f"invalid run config: num-clients={cfg.num_clients} but the federation has {len(found)} supernodes; "
+            f"allowed: num-clients at least num-supernodes, e.g. flwr run . --run-config 'num-clients={len(found)}' "
+            f"or --federation-config 'num-supernodes={cfg.num_clients}'"
         )
     return nodes
 
 
-def open_results(setup: Setup) -> tuple[RunRecorder, Start]:
-    """The run's recorder (a fresh output folder, or the resumed run's) and where the round loop starts."""
+def open_results(setup: Setup, multiplexed: bool = False) -> tuple[RunRecorder, Start]:
+    """The run's recorder (a fresh output folder, or the resumed run's) and where the round loop starts
+    (``multiplexed``: the clients' states are in the run's state store)."""
     cfg, method, strategy, payload = setup.cfg, setup.method, setup.strategy, setup.resume_from
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -255,7 +260,9 @@ def open_results(setup: Setup) -> tuple[RunRecorder, Start]:
         recorder = RunRecorder.resume(Path(cfg.output_dir), config, cfg.diagnostics, done)
         checkpoint.restore_strategy(strategy, payload["strategy"])
         checkpoint.restore_random(payload)
-        start = Start(done, checkpoint.global_arrays(payload), checkpoint.client_states(payload))
+        start = Start(
+            done, checkpoint.global_arrays(payload), checkpoint.client_states(payload, recorder.out_dir, multiplexed)
+        )
         log(INFO, "resuming %s after round %d", recorder.out_dir, done)
     recorder.about = describe(cfg, method, strategy)
     for note in recorder.about["notes"]:

@@ -46,6 +46,7 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
         feature_dim=cfg.feature_dim,
         seed=cfg.seed,
         image_size=info.image_size,
+        input_features=info.input_features or info.in_channels * info.image_size**2,
         loss=cfg.loss_name,
         class_weights=weights,
         weights_path=cfg.pretrained_weights,

@@ -130,9 +130,9 @@ CASES = [
         needs_no_gpu=True,
     ),
     Case(
-        "num-clients-not-num-supernodes",
-        "num-clients=3",
-        ("num-clients=3", f"the federation has {NODES} supernodes", "'num-supernodes=3'", f"'num-clients={NODES}'"),
+        "num-clients-below-num-supernodes",
+        "num-clients=1",
+        ("num-clients=1", f"the federation has {NODES} supernodes", "'num-supernodes=1'", f"'num-clients={NODES}'"),
     ),
     Case(
         "resume-without-output-dir", "resume=true output-dir=''", ("resume=true", "allowed: true only with output-dir")

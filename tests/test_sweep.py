@@ -352,7 +352,18 @@ FLWR = shutil.which("flwr", path=str(Path(sys.executable).parent))
 #: test_flwr_cli. The run is SCAFFOLD (each client's c_i is state that must follow its partition, on the nodes and
 #: through the checkpoint), 4 clients on 2 Ray workers, 3 of them per round.
 RUN = {"dataset": "digits", "num-clients": 4, "fraction-train": 0.75, "num-server-rounds": 3, "local-epochs": 1}
-SWEEP_ARGS = ["--methods", "scaffold", "--seeds", "0", "--no-progress", "--set", "tracking=mlflow"]
+#: Two SuperNodes serve the four clients in turn: each client's c_i travels through the run's state store.
+SWEEP_ARGS = [
+    "--methods",
+    "scaffold",
+    "--seeds",
+    "0",
+    "--no-progress",
+    "--set",
+    "tracking=mlflow",
+    "--num-supernodes",
+    "2",
+]
 SWEEP_ARGS += [arg for key, value in RUN.items() for arg in ("--set", f"{key}={value}")]
 CUT = "scaffold_seed0"  # its ServerApp is killed once round 1 is in metrics.csv (and checkpointed)
 

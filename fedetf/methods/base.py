@@ -50,6 +50,8 @@ class ModelSpec:
     feature_dim: int
     seed: int
     image_size: int = 0
+    #: Length of one flattened sample (the ``mlp`` backbone's input).
+    input_features: int = 0
     loss: str = "ce"
     class_weights: tuple[float, ...] = ()
     weights_path: str = ""
@@ -189,6 +191,7 @@ class LocalMethod:
             weights_path=s.weights_path,
             input_norm=s.input_norm,
             image_size=s.image_size,
+            input_features=s.input_features,
             feature_norm=self.feature_norm,
             projection=self.projection,
             **self.head_options(),

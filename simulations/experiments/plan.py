@@ -197,7 +197,8 @@ def build_plan(
     defaults
         The app's run-config defaults (for ``num-clients`` and ``num-server-rounds``).
     num_supernodes
-        Fixed supernode count; ``None`` uses each run's ``num-clients``.
+        Supernodes per run (at most its ``num-clients``; fewer serve the clients in turn); ``None`` uses each
+        run's ``num-clients``.
     """
     plan: list[PlannedRun] = []
     for seed in seeds:
@@ -212,6 +213,7 @@ def build_plan(
                 parts.append(f"seed{seed}")
                 overrides = {**base, **values, "method": method, "seed": seed}
                 merged = {**defaults, **overrides}
+                clients = int(merged.get("num-clients", 10))
                 plan.append(
                     PlannedRun(
                         name="_".join(parts),
@@ -219,7 +221,7 @@ def build_plan(
                         seed=seed,
                         grid=values,
                         overrides=overrides,
-                        num_supernodes=num_supernodes or int(merged.get("num-clients", 10)),
+                        num_supernodes=min(num_supernodes or clients, clients),
                         rounds=int(merged.get("num-server-rounds", 1)),
                     )
                 )

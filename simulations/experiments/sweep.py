@@ -83,7 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", type=Path, help="a run-config TOML file (e.g. presets/authors-mnist.toml) as the base")
     p.add_argument("--out", type=Path, required=True, help="sweep folder (created; reused to resume)")
-    p.add_argument("--num-supernodes", type=int, help="supernodes per run (default: each run's num-clients)")
+    p.add_argument(
+        "--num-supernodes",
+        type=int,
+        help="supernodes per run, at most its num-clients (fewer serve the clients in turn; default: one per client)",
+    )
     p.add_argument("--cpus-per-client", type=int, default=1, help="client-resources-num-cpus (default: 1)")
     p.add_argument("--gpus-per-client", type=float, default=0.0, help="client-resources-num-gpus (default: 0)")
     p.add_argument("--timeout", type=float, help="seconds per run before it is stopped and recorded failed")
