@@ -260,6 +260,7 @@ def launch(
     timeout: float = 3600,
     profile_hook: Callable[..., dict[str, dict[str, float]]] | None = None,
     ray_niceness: int | None = 0,
+    supernodes: int | None = None,
 ) -> Result:
     """Run ``overrides`` with ``engine`` (``flwr`` or ``inline``) and measure it.
 
@@ -268,6 +269,7 @@ def launch(
     ``profile`` > 0 calls ``profile_hook`` (default :func:`profile_worker`) once round 1 is over.
     ``ray_niceness``: the niceness of Ray's workers (``RAY_worker_niceness``; Ray's default, None, is 15,
     which on a shared machine lets every other process go first; 0 matches the plain loop's priority).
+    ``supernodes``: SuperNodes of the ``flwr`` federation (default one per client; fewer serve the clients in turn).
     """
     out = work / label
     shutil.rmtree(out, ignore_errors=True)
@@ -275,7 +277,7 @@ def launch(
     env = _flwr_env(work / f"flwr-home-{label}", threads if engine == "inline" else None)
     if ray_niceness is not None:
         env["RAY_worker_niceness"] = str(ray_niceness)
-    nodes = int(overrides["num-clients"])
+    nodes = supernodes or int(overrides["num-clients"])
     if engine == "flwr":
         fed = f"num-supernodes={nodes} client-resources-num-cpus={cpus_per_client}"
         fed += f" client-resources-num-gpus={gpus_per_client} {federation_extra}".rstrip()

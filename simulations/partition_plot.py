@@ -1,5 +1,6 @@
-"""``partition.png``: the label counts of every client's train split, drawn by flwr-datasets'
-``plot_label_distributions`` from the run's own partition (:func:`simulations.task.federation`)."""
+"""``partition.png``: the label counts of every client's train split (the first ``MAX_CLIENTS`` of a larger
+federation), drawn by flwr-datasets' ``plot_label_distributions`` from the run's own partition
+(:func:`simulations.task.federation`)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,17 @@ PARTITION_KEYS = (
     "dirichlet-beta",
     "num-clients",
     "seed",
+    "synthetic-alpha",
+    "synthetic-beta",
+    "synthetic-samples",
 )
+#: Clients drawn at most (a bar each).
+MAX_CLIENTS = 100
 
 
 def partitioner(fed: Federation):  # noqa: ANN201 - flwr_datasets is imported here only (heavy)
     """A flwr-datasets ``Partitioner`` over a ``datasets.Dataset`` of the train labels, whose partition ``i`` is
-    client ``i``'s train split (``Federation.parts``)."""
+    client ``i``'s train labels (the first ``MAX_CLIENTS`` clients)."""
     from datasets import ClassLabel, Dataset, Features
     from flwr_datasets.partitioner import Partitioner
 
@@ -48,8 +54,10 @@ def partitioner(fed: Federation):  # noqa: ANN201 - flwr_datasets is imported he
     names = list(fed.info.class_names)
     if len(names) != k or len(set(names)) != k:
         names = [str(c) for c in range(k)]
-    labels = np.asarray(fed.data.y_train, dtype=np.int64)
-    p = IndexPartitioner([np.asarray(tr, dtype=np.int64) for tr, _ in fed.parts])
+    per_client = [np.asarray(fed.labels(c), dtype=np.int64) for c in range(min(fed.num_clients, MAX_CLIENTS))]
+    ends = np.cumsum([len(y) for y in per_client])
+    p = IndexPartitioner([np.arange(end - len(y), end) for y, end in zip(per_client, ends, strict=True)])
+    labels = np.concatenate(per_client)
     p.dataset = Dataset.from_dict({"label": labels}, features=Features({"label": ClassLabel(names=names)}))
     return p
 
@@ -59,14 +67,15 @@ def plot_partition(fed: Federation, path: Path, title: str = "") -> tuple[Figure
     partition id, columns: classes)."""
     from flwr_datasets.visualization import plot_label_distributions
 
-    n, k = fed.num_clients, fed.info.num_classes
+    n, k = min(fed.num_clients, MAX_CLIENTS), fed.info.num_classes
+    shown = f" (the first {n} of {fed.num_clients:,})" if n < fed.num_clients else ""
     fig = Figure(figsize=(min(4 + 0.35 * n, 40), 4.5), layout="constrained")
     ax = fig.add_subplot()
     _, _, counts = plot_label_distributions(
         partitioner(fed),
         label_name="label",
         axis=ax,
-        title=title or f"{fed.info.name}: train label counts per client",
+        title=title or f"{fed.info.name}: train label counts per client{shown}",
         legend=k <= 20,
         legend_title="class",
         verbose_labels=True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import threading
 import time
 import traceback
 import typing
@@ -77,14 +78,18 @@ def main(grid: Grid, context: Context) -> None:
         raise SystemExit(2) from None
     cfg = setup.cfg
     began = time.time()
+    drawing = threading.Thread(target=draw_partition, args=(cfg, recorder.out_dir), daemon=True)
+    drawing.start()  # beside round 1: it imports flwr-datasets and reads every drawn client's labels
     try:
         run_rounds(nodes, cfg, setup.strategy, setup.method, recorder, start)
     except Exception as exc:
         reason = one_line(exc, (RoundFailed,), "training failed")
+        drawing.join()
         recorder.write(status="failed", error=reason)
         log(ERROR, "the run stopped: %s; results so far in %s", reason, recorder.out_dir)
         raise SystemExit(1) from None
     recorder.timings["train_seconds"] = recorder.timings.get("train_seconds", 0.0) + time.time() - began
+    drawing.join()
     recorder.write(status="finished")
     log(INFO, "fedetf results in %s\n%s", recorder.out_dir, format_summary(recorder.metrics))
 
@@ -273,11 +278,10 @@ def open_results(setup: Setup, multiplexed: bool = False) -> tuple[RunRecorder, 
         method.name,
         type(strategy).__name__,
         cfg.dataset,
-        cfg.partition,
+        cfg.effective_partition,
         cfg.num_clients,
         recorder.out_dir,
     )
-    draw_partition(cfg, recorder.out_dir)
     recorder.write()
     recorder.tracking = open_tracking(cfg.tracking, cfg.tracking_uri, recorder.out_dir, config, recorder.about)
     return recorder, start

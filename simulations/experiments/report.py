@@ -321,7 +321,11 @@ def partition_figures(dirs: Sequence[Path]) -> list[tuple[Path, str]]:
             found.setdefault(tuple(config.get(k) for k in PARTITION_KEYS), (d / PARTITION_FILE, []))[1].append(d.name)
     out = []
     for key, (path, names) in found.items():
-        setting = " ".join(f"{k}={v}" for k, v in zip(PARTITION_KEYS, key, strict=True))
+        setting = " ".join(
+            f"{k}={v}"
+            for k, v in zip(PARTITION_KEYS, key, strict=True)
+            if v is not None and (not k.startswith("synthetic-") or key[0] == "synthetic")
+        )
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         out.append((path, f"train label counts per client, {setting}; runs: {shown}"))
     return out
