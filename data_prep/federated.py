@@ -186,6 +186,22 @@ def load_federation(
 
 
 def natural_parts(data: Splits, num_clients: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per-client indices from the dataset's own client ids (e.g. hospitals)."""
+    """Per-client indices (ascending) from the dataset's own client ids (e.g. hospitals, writers): the first
+    ``num_clients`` clients. Each split is grouped by one stable argsort, not one scan per client."""
     c_train, c_test = data.clients_train, data.clients_test  # type: ignore[attr-defined]
-    return [(np.flatnonzero(c_train == c), np.flatnonzero(c_test == c)) for c in range(num_clients)]
+    parts = list(zip(_group(c_train, num_clients), _group(c_test, num_clients), strict=True))
+    for cid, (tr, _) in enumerate(parts):
+        if len(tr) == 0:
+            have = int(np.count_nonzero(np.bincount(np.asarray(c_train, dtype=np.int64))))
+            raise ValueError(
+                f"num-clients={num_clients}: natural client {cid} has no train samples (the dataset has "
+                f"{have} clients with train samples); lower num-clients"
+            )
+    return parts
+
+
+def _group(clients: np.ndarray, num_clients: int) -> list[np.ndarray]:
+    """Indices of each client id ``0..num_clients-1`` in ``clients``, ascending."""
+    order = np.argsort(clients, kind="stable")
+    bounds = np.searchsorted(clients[order], np.arange(num_clients + 1), side="left")
+    return [order[bounds[c] : bounds[c + 1]] for c in range(num_clients)]
