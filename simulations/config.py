@@ -104,14 +104,18 @@ class RunConfig:
         "the folder holding the datasets",
         rule=Rule("an absolute path, or '' for $FEDETF_DATA_ROOT, else ~/.cache/fedetf/data", _absolute_or_empty),
     )
-    download: bool = setting(False, "let torchvision download a missing vision dataset into `data-root`")
+    download: bool = setting(
+        False, "download a missing dataset into `data-root` (torchvision's vision datasets, FEMNIST from Hugging Face)"
+    )
     normalize: bool = setting(
         True, "per-dataset mean/std normalisation of inputs; `false` keeps them in [0, 1] (the FedGELA authors')"
     )
     partition: str = setting(
         "pcdd",
-        "the label skew: `pcdd` (`classes-per-client` classes each), `dirichlet` (`dirichlet-beta`) or `iid`; "
-        "ignored by a dataset with clients of its own (`fed-isic2019`, `synthetic`)",
+        "the label skew: `pcdd` (`classes-per-client` classes each), `dirichlet` (per class over clients, "
+        "`dirichlet-beta`), `dirichlet-per-client` (each client's own class mix, equal shares: any number of "
+        "clients) or `iid`; "
+        "ignored by a dataset with clients of its own (`fed-isic2019`, `femnist`, `synthetic`)",
         choices=tuple(sorted(PARTITIONS)),
     )
     pcdd_assignment: str = setting(

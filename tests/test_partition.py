@@ -283,3 +283,38 @@ def test_iid_shards_equal_flwr_datasets_iid_partitioner(n: int, k: int) -> None:
     expected = [np.sort(np.asarray(part.load_partition(i)["idx"])) for i in range(k)]
     got = [tr for tr, _ in iid(labels, labels[:50], num_clients=k, seed=3)]
     assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_dirichlet_per_client_gives_equal_shares_at_cross_device_scale() -> None:
+    """10,000 clients over MNIST-size labels (60,000 train, 10,000 test): every client holds 6 train samples and
+    1 test sample, no sample twice; a small beta concentrates each client on few classes, a large one does not."""
+    rng = np.random.default_rng(0)
+    y_train, y_test = rng.integers(0, 10, 60_000), rng.integers(0, 10, 10_000)
+    parts = partition_indices("dirichlet-per-client", y_train, y_test, 10_000, seed=3, beta=0.1)
+    train = np.concatenate([tr for tr, _ in parts])
+    assert {len(tr) for tr, _ in parts} == {6} and {len(te) for _, te in parts} == {1}
+    assert np.array_equal(np.sort(train), np.arange(60_000))
+    assert len(np.unique(np.concatenate([te for _, te in parts]))) == 10_000
+
+    def top_share(beta: float) -> float:
+        parts = partition_indices("dirichlet-per-client", y_train[:6000], y_test[:1000], 100, seed=1, beta=beta)
+        return float(np.mean([np.bincount(y_train[tr]).max() / len(tr) for tr, _ in parts]))
+
+    assert top_share(0.1) > 0.6 and top_share(100.0) < 0.3
+    again = partition_indices("dirichlet-per-client", y_train, y_test, 10_000, seed=3, beta=0.1)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(parts, again, strict=True))
+
+
+def test_dirichlet_per_client_test_split_follows_the_client_mix() -> None:
+    rng = np.random.default_rng(1)
+    y_train, y_test = rng.integers(0, 10, 20_000), rng.integers(0, 10, 20_000)
+    parts = partition_indices("dirichlet-per-client", y_train, y_test, 100, seed=0, beta=0.05)
+    same = [np.bincount(y_train[tr], minlength=10).argmax() == np.bincount(y_test[te], minlength=10).argmax()
+            for tr, te in parts]  # fmt: skip
+    assert np.mean(same) > 0.9
+
+
+def test_per_class_dirichlet_that_cannot_fill_every_client_fails_fast_naming_the_alternative() -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="partition='dirichlet-per-client'"):
+        partition_indices("dirichlet", rng.integers(0, 10, 6000), rng.integers(0, 10, 1000), 1000, seed=0, beta=0.5)
