@@ -57,6 +57,8 @@ class KillAfterRound(Grid):
 
     def __init__(self, inner: Grid, after: int) -> None:
         self.inner, self.after = inner, after
+        if hasattr(inner, "settle_seconds"):
+            self.settle_seconds = inner.settle_seconds
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)

@@ -52,8 +52,10 @@ class PartitionOrderedGrid(Grid):
         non-zero for ``settle`` seconds, or ``timeout`` has passed (nodes register
         asynchronously: a ServerApp can start before any SuperNode is known).
 
-        ``clock`` (seconds) and ``sleep`` are injectable so that tests need not wait.
+        ``clock`` (seconds) and ``sleep`` are injectable so that tests need not wait. A grid whose nodes all
+        exist from the start says so with ``settle_seconds = 0``.
         """
+        settle = getattr(self.inner, "settle_seconds", settle)
         start = clock()
         last, since = -1, start
         while True:
@@ -182,6 +184,9 @@ class InProcessGrid(Grid):
     Node ``1000 + p`` holds partition ``p``; its Context (and so its ``context.state``)
     lives as long as the grid, as in Flower's simulation engine.
     """
+
+    #: Every node exists from the start: no need to wait for more (:meth:`PartitionOrderedGrid.wait_for_nodes`).
+    settle_seconds = 0.0
 
     def __init__(self, client_app: ClientApp, run_config: dict[str, Any], num_nodes: int) -> None:
         self.app = client_app

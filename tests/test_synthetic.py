@@ -79,6 +79,7 @@ def test_ten_thousand_clients_on_two_nodes_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
     overrides = {
         "dataset": "synthetic",
+        "synthetic-samples": 50,
         "method": "scaffold",
         "num-clients": 10_000,
         "fraction-train": 0.002,
