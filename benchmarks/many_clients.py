@@ -19,7 +19,10 @@ here on the same 200 images). ``--profile S`` samples one Ray worker and the
 process running the ServerApp with py-spy for S seconds from round 2 on.
 
     python benchmarks/many_clients.py [--clients 10 1000 10000] [--rounds 4] [--images 60]
-        [--profile 10] [--work DIR] [--evaluate-every 1]
+        [--profile 10] [--work DIR] [--evaluate-every 1] [--partition dirichlet-per-client] [--supernodes 16]
+
+``--supernodes K`` lets K SuperNodes serve the clients in turn; ``--partition`` puts label skew on the clients
+(PCDD, or a Dirichlet class mix per client, which gives every one of 10,000 clients its 60 images).
 
 ``--evaluate-every N`` adds the all-client evaluation (every client, every N rounds and the last): its cost
 shows in the seconds per round; by default it is off, so the rounds measure training alone.
@@ -128,14 +131,20 @@ def generic_eval_seconds(data_root: Path, repeats: int = 3) -> float:
 
 
 def _config(
-    clients: int, rounds: int, data_root: Path, log_dir: Path, images: int, evaluate_every: int = 0
+    clients: int,
+    rounds: int,
+    data_root: Path,
+    log_dir: Path,
+    images: int,
+    evaluate_every: int = 0,
+    partition: str = "iid",
 ) -> dict[str, Any]:
     return {
         "method": "benchmarks.many_clients:ClientClock",
         "method-args": json.dumps({"log-dir": str(log_dir)}),
         "dataset": "mnist",
         "data-root": str(data_root),
-        "partition": "iid",
+        "partition": partition,
         "generic-test": "full",
         "num-clients": clients,
         "fraction-train": min(1.0, SAMPLED / clients),
@@ -173,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         "--evaluate-every", type=int, default=0, help="evaluate every client every N rounds (0: off, the default)"
     )
     parser.add_argument("--ray-niceness", type=int, default=0, help="niceness of Ray's workers; -1: Ray's default (15)")
+    parser.add_argument("--partition", default="iid", help="iid, pcdd or dirichlet-per-client (label skew at scale)")
+    parser.add_argument(
+        "--supernodes", type=int, default=0, help="SuperNodes serving the clients in turn (0: one per client)"
+    )
     args = parser.parse_args(argv)
 
     if str(ROOT) not in sys.path:  # workers import this module as benchmarks.many_clients
@@ -193,10 +206,20 @@ def main(argv: list[str] | None = None) -> int:
         logs.mkdir(exist_ok=True)
         for f in logs.glob("*.jsonl"):
             f.unlink()
-        cfg = _config(n, args.rounds, root, logs, args.images, args.evaluate_every)
+        cfg = _config(n, args.rounds, root, logs, args.images, args.evaluate_every, args.partition)
         hook = profile_server_and_worker if args.profile else None
         nice = None if args.ray_niceness < 0 else args.ray_niceness
-        res = launch("flwr", cfg, work, f"clients-{n}", profile=args.profile, profile_hook=hook, ray_niceness=nice)
+        nodes = min(args.supernodes, n) or None
+        res = launch(
+            "flwr",
+            cfg,
+            work,
+            f"clients-{n}",
+            profile=args.profile,
+            profile_hook=hook,
+            ray_niceness=nice,
+            supernodes=nodes,
+        )
         busy, fixed, seen = _overheads(res.rounds, logs, generic)
         row = {
             "clients": n,
