@@ -37,8 +37,8 @@ pfl is not a dependency of the project: installing ``pfl[pytorch]`` into the pro
 downgrade ``attrs`` (26 -> 23.2) and ``absl-py`` (2.5 -> 1.4) through ``dp-accounting``. It lives in an
 environment of its own that adds only pfl and its pins on top of the project's packages (same torch, numpy)::
 
-    python benchmarks/pfl_race.py --make-pfl-env /work/pflenv      # once (pip, --no-deps pins; no downloads of torch)
-    python benchmarks/pfl_race.py --pfl-python /work/pflenv/bin/python [--rounds 10] [--clients 1000]
+    python benchmarks/pfl_race.py --make-pfl-env ~/pflenv      # once (pip, --no-deps pins; no downloads of torch)
+    python benchmarks/pfl_race.py --pfl-python ~/pflenv/bin/python [--rounds 10] [--clients 1000]
         [--cohort 50] [--samples 100] [--batch-size 10] [--lr 0.01] [--supernodes 50] [--threads 1]
         [--repeats 1] [--profile 8] [--json out.json] [--keep DIR]
 
