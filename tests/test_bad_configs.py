@@ -52,7 +52,11 @@ CASES = [
     Case("lr-negative", "lr=-1.0", ("lr=-1.0", "allowed: a number > 0")),
     Case("lr-zero", "lr=0.0", ("lr=0.0", "allowed: a number > 0")),
     Case("dataset-unknown", "dataset='imagenet'", ("dataset='imagenet'", "allowed: one of", "'digits'")),
-    Case("partition-unknown", "partition='shards'", ("partition='shards'", "allowed: one of 'dirichlet', 'iid'")),
+    Case(
+        "partition-unknown",
+        "partition='shards'",
+        ("partition='shards'", "allowed: one of 'dirichlet', 'dirichlet-per-client', 'iid'"),
+    ),
     Case("method-unknown", "method='fedfoo'", ("method='fedfoo'", "'fedgela'", "'package.module:ClassName'")),
     Case(
         "method-module-missing",
@@ -253,6 +257,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
 class _NoGrid:
     """A Grid with ``nodes`` connected nodes that fails if a run ever gets as far as messaging them."""
+
+    settle_seconds = 0.0  # all its nodes are there from the start
 
     def __init__(self, nodes: int) -> None:
         self.nodes = list(range(1, nodes + 1))

@@ -26,7 +26,7 @@ def test_pyproject_defaults_match_runconfig_and_method_declarations() -> None:
     "key,value,allowed",
     [
         ("lr", -0.1, "> 0"),
-        ("partition", "shards", "'dirichlet', 'iid', 'pcdd'"),
+        ("partition", "shards", "'dirichlet', 'dirichlet-per-client', 'iid', 'pcdd'"),
         ("dataset", "imagenet", "'digits'"),
         ("num-clients", 0, ">= 1"),
         ("num-clients", 2.5, "an integer"),
