@@ -52,6 +52,9 @@ class SetupError(RuntimeError):
     """The run cannot start; the message is one line."""
 
 
+#: Clients beyond which the all-client evaluation earns a warning (one message per client).
+LARGE_EVALUATION = 1000
+
 #: Errors whose message is the whole story (one line, nothing to locate).
 EXPECTED = (ConfigError, StrategyError, SetupError, ValueError, RuntimeError, OSError)
 
@@ -237,6 +240,14 @@ def connect(grid: Grid, cfg: RunConfig) -> PartitionOrderedGrid:
     found = nodes.wait_for_nodes(cfg.num_clients)
     if 0 < len(found) < cfg.num_clients:
         log(INFO, "%d clients served in turn by %d SuperNodes", cfg.num_clients, len(found))
+        if cfg.evaluate_every and cfg.num_clients > LARGE_EVALUATION:
+            log(
+                WARNING,
+                "evaluate-every=%d sends every one of the %d clients an evaluate message in those rounds and the "
+                "last; evaluate-every=0 evaluates the global model only",
+                cfg.evaluate_every,
+                cfg.num_clients,
+            )
         return MultiplexGrid(grid, found, cfg.num_clients)
     if len(found) == cfg.num_clients:
         nodes.handshake(expected=cfg.num_clients)
