@@ -1,11 +1,9 @@
-"""Shared test setup: keep Flower and Ray state out of the user's home; the real-engine scenarios run in the
-background from the start (tests/background.py) and their test files come last."""
+"""Shared test setup: keep Flower and Ray state out of the user's home; the engine-starting test files first."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-import threading
 
 _TMP = tempfile.mkdtemp(prefix="fedetf-tests-")
 os.environ.setdefault("FLWR_HOME", os.path.join(_TMP, "flwr"))
@@ -20,10 +18,14 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no usage reports from te
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from tests import background  # noqa: E402
-
 # Two test processes on two cores: intra-op threads beyond one only contend (10x slower kernels under load).
 torch.set_num_threads(1)
+
+
+#: Files that start real Flower engines (each one a minute or more on 2 cores), longest first. ``--dist loadfile``
+#: sends each file to one worker in collection order: these go first, so that the short files fill the gaps and both
+#: workers end together (by default xdist orders files by their number of tests, which puts these last).
+ENGINE_FILES = ("test_sweep.py", "test_deployment.py", "test_scale.py", "test_flwr_cli.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -32,28 +34,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The engine files last (stable: the order within a file and among the other files stays): by the time a
-    # worker reaches them, their scenarios have run beside the other tests.
-    items.sort(key=lambda item: item.path.name in background.FILES)
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return ENGINE_FILES.index(name) if name in ENGINE_FILES else len(ENGINE_FILES)
 
-
-_SCENARIOS: list[threading.Thread] = []
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the collected engine files' scenarios: with pytest-xdist, scenario i beside worker i mod n, all in one
-    folder of the test run that every worker reads (under pytest's temporary root, which pytest prunes)."""
-    wanted = {background.FILES[item.path.name] for item in session.items if item.path.name in background.FILES}
-    worker = getattr(session.config, "workerinput", None)
-    index, count = (int(worker["workerid"].removeprefix("gw")), int(worker["workercount"])) if worker else (0, 1)
-    base = session.config._tmp_path_factory.getbasetemp()  # a worker's is popen-gwN inside the run's root
-    folder = (base.parent if worker else base) / "engine-scenarios"
-    os.environ[background.DIR_VAR] = str(folder)
-    mine = [name for i, name in enumerate(background.SCENARIOS) if name in wanted and i % count == index]
-    if mine:
-        _SCENARIOS.append(background.start(mine, folder))
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    for thread in _SCENARIOS:  # a deselected or failed test does not leave its scenario's processes behind
-        thread.join(timeout=background.TIMEOUT)
+    items.sort(key=rank)  # stable: the order within a file and among the other files stays

@@ -21,7 +21,6 @@ import pytest
 from benchmarks.processes import free_port as _free_port
 from benchmarks.processes import stop_tree
 from simulations.experiments.plan import run_config_string
-from tests import background
 from tests.flwr_cli import FLWR, app_copy, flwr_run_args, isolated_env, start_process
 from tests.inprocess import assert_same_results, results, run_in_process
 
@@ -162,12 +161,13 @@ def _node_keys(tmp: Path, n: int) -> list[Path]:
 RUN = {"num-clients": 2, "num-server-rounds": 2, "local-epochs": 1, "seed": 3, "device": "cpu"}
 
 
-def deployment_scenario(tmp: Path) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One secure deployment on loopback (HTTPS with a test CA, two SuperNodes authenticated by registered keys,
     a third node with an unregistered key) running ``RUN``; meanwhile the same run config in-process."""
     if FLWR is None:
-        return {"skip": "flwr CLI not in the venv"}
-    tmp.mkdir(parents=True, exist_ok=True)
+        pytest.skip("flwr CLI not in the venv")
+    tmp = tmp_path_factory.mktemp("deployment")
     tls = _tls_files(tmp)
     keys = _node_keys(tmp, 3)
     env = isolated_env(tmp / "flwr-home")
@@ -197,7 +197,7 @@ def deployment_scenario(tmp: Path) -> dict[str, Any]:
                 log, nodes = deployed.result()
         finally:
             stop_tree([intruder.pid], groups=[intruder.pid])
-    return {
+    yield {
         "tmp": tmp,
         "dep": dep,
         "ref": ref,
@@ -205,12 +205,6 @@ def deployment_scenario(tmp: Path) -> dict[str, Any]:
         "ref_log": "\n".join(outcome.lines),
         "nodes": nodes,
     }
-
-
-@pytest.fixture(scope="module")
-def deployment() -> dict[str, Any]:
-    """:func:`deployment_scenario`'s facts (run in the background: tests/background.py)."""
-    return background.result("deployment")
 
 
 def test_deployment_engine_on_loopback_equals_the_in_process_run(deployment: dict[str, Any]) -> None:

@@ -11,8 +11,8 @@ import json
 import os
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -20,7 +20,6 @@ import pytest
 
 from simulations.experiments import runner
 from simulations.results import RunInfo
-from tests import background
 from tests.flwr_cli import FLWR, app_copy, flwr_run, isolated_env, stop_local_superlink
 from tests.inprocess import assert_same_results, run_in_process
 
@@ -47,12 +46,13 @@ def _wait_for_superlink(env: dict[str, str], starter: Future[str], timeout: floa
     raise AssertionError(f"no local SuperLink on {url} after {timeout} s")
 
 
-def flwr_cli_scenario(tmp: Path) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The README run and the all-fail run through `flwr run` on one local SuperLink (the second starts once the
     first's `flwr run` has started it), and meanwhile the README run's config in-process."""
     if FLWR is None:
-        return {"skip": "flwr CLI not on PATH"}
-    tmp.mkdir(parents=True, exist_ok=True)
+        pytest.skip("flwr CLI not on PATH")
+    tmp = tmp_path_factory.mktemp("flwr-cli")
     env = isolated_env(tmp / "flwr-home")
     env.pop("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", None)  # the app sets it itself
     out, ref, allfail = tmp / "run", tmp / "in-process", tmp / "allfail"
@@ -67,7 +67,7 @@ def flwr_cli_scenario(tmp: Path) -> dict[str, Any]:
             # As in a Ray actor of client-resources-num-cpus=1 and no GPU share: one torch thread (tests/conftest.py:
             # the same float sums) and the CPU (what device='auto' picks there, even on a machine with a GPU).
             outcome = run_in_process({**README_OVERRIDES, "device": "cpu", "output-dir": str(ref)})
-            return {
+            yield {
                 "env": env,
                 "out": out,
                 "log": readme.result(),
@@ -78,12 +78,6 @@ def flwr_cli_scenario(tmp: Path) -> dict[str, Any]:
             }
     finally:
         stop_local_superlink(env)
-
-
-@pytest.fixture(scope="module")
-def runs() -> dict[str, Any]:
-    """:func:`flwr_cli_scenario`'s facts (run in the background: tests/background.py)."""
-    return background.result("flwr_cli")
 
 
 def test_flwr_run_writes_results_equal_to_the_in_process_run(runs: dict[str, Any]) -> None:

@@ -19,7 +19,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -28,7 +27,6 @@ from benchmarks.placement_probe import read_log
 from benchmarks.processes import free_port as _free_port
 from benchmarks.processes import stop_tree
 from benchmarks.processes import superlink_pids as _superlink_on
-from tests import background
 from tests.flwr_cli import app_copy, flwr_run_args, isolated_env, start_process
 
 pytestmark = pytest.mark.slow
@@ -124,13 +122,14 @@ def _ray_cluster(tmp: Path, cpus_per_node: int = 2) -> Iterator[tuple[str, list[
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def cluster_scenario(tmp_path: Path) -> dict[str, Any]:
-    """``flwr run`` with RAY_ADDRESS on a running two-node cluster (2 CPUs and one logical GPU per node, GPU ids 0
-    and 1), 0.5 GPU per client and the placement probe: what each client read, and the run's log."""
-    if FLWR is None or RAY is None:
-        return {"skip": "flwr or ray CLI not in the venv"}
+@needs_flwr
+@pytest.mark.skipif(RAY is None, reason="ray CLI not in the venv")
+def test_ray_cluster_with_logical_gpus_runs_two_actors_per_gpu_on_both_nodes(tmp_path: Path) -> None:
+    """``flwr run`` with RAY_ADDRESS joins a running two-node cluster (2 CPUs and one logical GPU per node, GPU ids 0
+    and 1); 0.5 GPU per client: 4 actors, two per node sharing its GPU; each reads the GPU id Ray gave it, and its
+    results files are written."""
     logs = tmp_path / "probe"
-    logs.mkdir(parents=True)
+    logs.mkdir()
     with _ray_cluster(tmp_path) as (address, node_ids, ray_env):
         # RAY_ADDRESS must be in the environment of the SuperLink that `flwr run` spawns (a fresh FLWR_HOME).
         env = _env(tmp_path / "flwr-home", RAY_ADDRESS=address, RAY_TMPDIR=ray_env["RAY_TMPDIR"])
@@ -139,22 +138,9 @@ def cluster_scenario(tmp_path: Path) -> dict[str, Any]:
         run = _probe_config(logs, f"num-clients=4 num-server-rounds=2 local-epochs=8 output-dir='{tmp_path / 'out'}'")
         with _local_superlink_stopped(env):
             log = flwr_run_args(env, "--stream", "--federation-config", fed, "--run-config", run, app=app_copy())
-    return {"lines": read_log(logs), "log": log, "node_ids": node_ids, "out": tmp_path / "out"}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> dict[str, Any]:
-    """:func:`cluster_scenario`'s facts (run in the background: tests/background.py)."""
-    return background.result("cluster")
-
-
-def test_ray_cluster_with_logical_gpus_runs_two_actors_per_gpu_on_both_nodes(cluster: dict[str, Any]) -> None:
-    """``flwr run`` with RAY_ADDRESS joins a running two-node cluster (2 CPUs and one logical GPU per node, GPU ids 0
-    and 1); 0.5 GPU per client: 4 actors, two per node sharing its GPU; each reads the GPU id Ray gave it, and its
-    results files are written."""
-    lines, log, node_ids = cluster["lines"], cluster["log"], cluster["node_ids"]
+    lines = read_log(logs)
     assert len(lines) == 8, log[-3000:]
-    assert (cluster["out"] / "metrics.csv").exists(), log[-3000:]
+    assert (tmp_path / "out" / "metrics.csv").exists(), log[-3000:]
     cuda = torch.cuda.is_available()
     gpu_of_node = dict(zip(node_ids, ("0", "1"), strict=True))  # the head's CUDA_VISIBLE_DEVICES=0, the worker's 1
     for line in lines:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,6 @@ from simulations.experiments import plan as sweep_plan
 from simulations.experiments import report, runner, runs, sweep
 from simulations.experiments.progress import Progress
 from simulations.local import local_superlink
-from tests import background
 from tests.flwr_cli import app_copy
 from tests.inprocess import assert_same_results, run_in_process
 
@@ -382,15 +382,14 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def sweep_scenario(tmp: Path) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Start the sweep; once its run has round 1 in metrics.csv and a checkpoint, SIGKILL that run's ServerApp
     process (the pid its run.json records); rerun the sweep (it continues the run; meanwhile the uninterrupted run
     in-process), rerun it once more (nothing left to do) and build the report.
 
-    Its `flwr run`s go to a local SuperLink of this process (tests/background.py runs it beside the other tests)."""
-    if FLWR is None:
-        return {"skip": "flwr CLI not installed"}
-    tmp.mkdir(parents=True, exist_ok=True)
+    Its `flwr run`s go to this test process's local SuperLink (shared with other real runs here)."""
+    tmp = tmp_path_factory.mktemp("sweep")
     out = tmp / "sweep"
     env = local_superlink().env
     # The app from a copy without .venv (tests/flwr_cli.app_copy: `flwr run .` walks every file of its folder).
@@ -438,17 +437,11 @@ def sweep_scenario(tmp: Path) -> dict[str, Any]:
             timeout=300,
         )
         result |= {"report_rc": rep.returncode, "report_out": rep.stdout + rep.stderr}
-        return result
+        yield result
     finally:
         if first.poll() is None:  # an assertion above failed: do not leave the sweep running
             first.kill()
             first.wait()
-
-
-@pytest.fixture(scope="module")
-def real_sweep() -> dict[str, Any]:
-    """:func:`sweep_scenario`'s facts (run in the background: tests/background.py)."""
-    return background.result("sweep")
 
 
 needs_flwr = pytest.mark.skipif(FLWR is None, reason="flwr CLI not installed")
