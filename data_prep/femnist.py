@@ -278,28 +278,16 @@ def cache_dir(root: Path) -> Path:
 
 
 def write_cache(folder: Path, arrays: dict[str, np.ndarray], facts: dict[str, Any]) -> None:
-    """Write the arrays atomically, then ``done.json`` (a cache without it is never trusted)."""
-    from fedetf.io import atomic_path, atomic_write_text
+    """Write the arrays atomically, then ``done.json`` with ``facts`` (vision's cache writer, FEMNIST's arrays)."""
+    from data_prep.vision import write_cache as write_arrays
 
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "done.json").unlink(missing_ok=True)
-    for key in ARRAYS:
-        with atomic_path(folder / f"{key}.npy") as tmp:
-            np.save(tmp, arrays[key], allow_pickle=False)
-    marker = {
-        "format": CACHE_FORMAT,
-        "version": CACHE_VERSION,
-        "dataset": NAME,
-        "arrays": {k: {"shape": list(arrays[k].shape), "dtype": str(arrays[k].dtype)} for k in ARRAYS},
-        **facts,
-    }
-    atomic_write_text(folder / "done.json", json.dumps(marker, indent=1))
+    write_arrays(folder, NAME, arrays, keys=ARRAYS, cache_format=(CACHE_FORMAT, CACHE_VERSION), facts=facts)
 
 
 def _corrupt(folder: Path, file: Path, problem: str) -> CorruptCacheError:
-    return CorruptCacheError(
-        f"dataset {NAME!r}: cache file {file} {' '.join(problem.split())}; delete {folder} to rebuild it"
-    )
+    from data_prep.vision import _corrupt as corrupt
+
+    return corrupt(folder, NAME, file, problem)
 
 
 def open_cache(folder: Path) -> FemnistSplits | None:

@@ -180,18 +180,28 @@ def _build_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def write_cache(folder: Path, name: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write the four arrays atomically, then ``done.json`` (a cache without it is never trusted)."""
+def write_cache(
+    folder: Path,
+    name: str,
+    arrays: dict[str, np.ndarray],
+    *,
+    keys: tuple[str, ...] = ARRAYS,
+    cache_format: tuple[str, int] = (CACHE_FORMAT, CACHE_VERSION),
+    facts: dict[str, Any] | None = None,
+) -> None:
+    """Write the arrays ``keys`` atomically, then ``done.json`` with their shapes, the format and ``facts`` (a
+    cache without it is never trusted)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "done.json").unlink(missing_ok=True)
-    for key in ARRAYS:
+    for key in keys:
         with atomic_path(folder / f"{key}.npy") as tmp:
             np.save(tmp, arrays[key], allow_pickle=False)
     marker = {
-        "format": CACHE_FORMAT,
-        "version": CACHE_VERSION,
+        "format": cache_format[0],
+        "version": cache_format[1],
         "dataset": name,
-        "arrays": {k: {"shape": list(arrays[k].shape), "dtype": str(arrays[k].dtype)} for k in ARRAYS},
+        "arrays": {k: {"shape": list(arrays[k].shape), "dtype": str(arrays[k].dtype)} for k in keys},
+        **(facts or {}),
     }
     atomic_write_text(folder / "done.json", json.dumps(marker, indent=1))
 
