@@ -150,6 +150,19 @@ class ClientEvaluation:
 DROPOUT, STRAGGLER_DROPPED = "dropped out (dropout-rate)", "straggler dropped (straggler-rate)"
 
 
+def with_records(msg: Message, records: Mapping[str, Any], dst_node_id: int | None = None) -> Message:
+    """``msg`` with ``records`` added to a content of its own (a strategy's messages share one content), to
+    ``dst_node_id`` (default: its own destination); its type and group stay."""
+    from flwr.app import Message, RecordDict
+
+    return Message(
+        content=RecordDict({**dict(msg.content.items()), **records}),
+        dst_node_id=msg.metadata.dst_node_id if dst_node_id is None else dst_node_id,
+        message_type=msg.metadata.message_type,
+        group_id=msg.metadata.group_id,
+    )
+
+
 def error_reply(msg: Message, exc: BaseException) -> Message:
     """A reply to ``msg`` that carries the client's failure as a one-line reason (no traceback is logged)."""
     from flwr.app import Error, Message

@@ -28,7 +28,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from simulations.contracts import CLIENT, NODE
+from simulations.contracts import CLIENT, NODE, with_records
 
 
 class PartitionOrderedGrid(Grid):
@@ -161,16 +161,8 @@ class MultiplexGrid(PartitionOrderedGrid):
         sent: list[tuple[Message, int]] = []
         for i, msg in enumerate(messages):
             virtual = msg.metadata.dst_node_id
-            content = RecordDict(
-                {**dict(msg.content.items()), CLIENT: ConfigRecord({"partition-id": self.partition_of[virtual]})}
-            )
-            out = Message(
-                content=content,
-                dst_node_id=self.nodes[i % len(self.nodes)],
-                message_type=msg.metadata.message_type,
-                group_id=msg.metadata.group_id,
-            )
-            sent.append((out, virtual))
+            client = ConfigRecord({"partition-id": self.partition_of[virtual]})
+            sent.append((with_records(msg, {CLIENT: client}, self.nodes[i % len(self.nodes)]), virtual))
         replies = list(self.inner.send_and_receive([m for m, _ in sent], timeout=timeout))
         client_of = {m.metadata.message_id: virtual for m, virtual in sent}
         for reply in replies:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common import log
 from flwr.serverapp.strategy import Strategy
 
@@ -40,6 +40,7 @@ from simulations.contracts import (
     ClientEvaluation,
     ClientMetrics,
     error_reason,
+    with_records,
 )
 from simulations.grid import MultiplexGrid, PartitionOrderedGrid
 from simulations.results import RunRecorder
@@ -145,13 +146,7 @@ def with_states(
     out = []
     for msg in messages:
         state = states.to_send(partition_of.get(msg.metadata.dst_node_id, -1))
-        if state is not None:
-            msg = Message(
-                content=RecordDict({**dict(msg.content.items()), RESTORE_STATE: ArrayRecord(state)}),
-                dst_node_id=msg.metadata.dst_node_id,
-                message_type=msg.metadata.message_type,
-            )
-        out.append(msg)
+        out.append(msg if state is None else with_records(msg, {RESTORE_STATE: ArrayRecord(state)}))
     return out
 
 
