@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data_prep.datasets import DATASETS, DatasetInfo, Splits
-from data_prep.partition import partition_indices
+from data_prep.partition import group_by_owner, partition_indices
 
 
 class Federation(ABC):
@@ -99,13 +99,17 @@ class IndexedFederation(Federation):
         )
 
     def probe_loader(self, per_class: int = 32, seed: int = 0) -> DataLoader:
-        labels = self.data.y_test[self.global_test]
-        rng = np.random.default_rng(seed)
-        picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(self.info.num_classes)]
-        return self._eval_loader(np.sort(self.global_test[np.concatenate(picks)]))
+        picks = probe_picks(self.data.y_test[self.global_test], self.info.num_classes, per_class, seed)
+        return self._eval_loader(np.sort(self.global_test[picks]))
 
     def global_test_loader(self, num_workers: int = 0) -> DataLoader:
         return self._eval_loader(self.global_test, num_workers)
+
+
+def probe_picks(labels: np.ndarray, num_classes: int, per_class: int, seed: int) -> np.ndarray:
+    """Positions of at most ``per_class`` seeded picks of each class in ``labels`` (the probe set's)."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(num_classes)])
 
 
 def balanced_subset(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -189,7 +193,7 @@ def natural_parts(data: Splits, num_clients: int) -> list[tuple[np.ndarray, np.n
     """Per-client indices (ascending) from the dataset's own client ids (e.g. hospitals, writers): the first
     ``num_clients`` clients. Each split is grouped by one stable argsort, not one scan per client."""
     c_train, c_test = data.clients_train, data.clients_test  # type: ignore[attr-defined]
-    parts = list(zip(_group(c_train, num_clients), _group(c_test, num_clients), strict=True))
+    parts = list(zip(group_by_owner(c_train, num_clients), group_by_owner(c_test, num_clients), strict=True))
     for cid, (tr, _) in enumerate(parts):
         if len(tr) == 0:
             have = int(np.count_nonzero(np.bincount(np.asarray(c_train, dtype=np.int64))))
@@ -198,10 +202,3 @@ def natural_parts(data: Splits, num_clients: int) -> list[tuple[np.ndarray, np.n
                 f"{have} clients with train samples); lower num-clients"
             )
     return parts
-
-
-def _group(clients: np.ndarray, num_clients: int) -> list[np.ndarray]:
-    """Indices of each client id ``0..num_clients-1`` in ``clients``, ascending."""
-    order = np.argsort(clients, kind="stable")
-    bounds = np.searchsorted(clients[order], np.arange(num_clients + 1), side="left")
-    return [order[bounds[c] : bounds[c + 1]] for c in range(num_clients)]

@@ -227,9 +227,15 @@ def _split_by_props(
         idx = rng.permutation(np.flatnonzero(labels == c))
         cuts = (np.cumsum(p)[:-1] * len(idx)).round().astype(int)
         owner[idx] = np.searchsorted(cuts, np.arange(len(idx)), side="right")  # np.split's pieces
-    order = np.argsort(owner, kind="stable")  # stable: each client's indices stay increasing
-    bounds = np.searchsorted(owner[order], np.arange(num_clients + 1))
-    return [order[bounds[i] : bounds[i + 1]].astype(np.int64) for i in range(num_clients)]
+    return group_by_owner(owner, num_clients)
+
+
+def group_by_owner(owner: np.ndarray, num_clients: int) -> list[np.ndarray]:
+    """Indices of each owner ``0..num_clients-1`` in ``owner``, ascending (int64): one stable argsort, not one
+    scan per client. Owners outside that range are left out."""
+    order = np.argsort(owner, kind="stable").astype(np.int64)  # stable: each client's indices stay increasing
+    bounds = np.searchsorted(owner[order], np.arange(num_clients + 1), side="left")
+    return [order[bounds[c] : bounds[c + 1]] for c in range(num_clients)]
 
 
 def dirichlet_per_client(y_train: np.ndarray, y_test: np.ndarray, num_clients: int, seed: int, beta: float) -> Parts:

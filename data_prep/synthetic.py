@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from data_prep.datasets import DatasetInfo, register_dataset
-from data_prep.federated import Federation
+from data_prep.federated import Federation, probe_picks
 
 DIMENSION = 60
 NUM_CLASSES = 10
@@ -128,10 +128,7 @@ class SyntheticFederation(Federation):
 
     def probe_loader(self, per_class: int = 32, seed: int = 0) -> DataLoader:
         x, y = self.generic_test()
-        rng = np.random.default_rng(seed)
-        picks = np.sort(
-            np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in range(self.info.num_classes)])
-        )
+        picks = np.sort(probe_picks(y, self.info.num_classes, per_class, seed))
         return self._loader(x[picks], y[picks])
 
 
