@@ -15,8 +15,10 @@ later rounds. A kill at any moment leaves either a round's rows or none.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -96,20 +98,15 @@ class ClientStateStore:
     def close(self) -> None:
         self.db.close()
 
-    def _transaction(self) -> sqlite3.Connection:
-        return _Transaction(self.db)  # type: ignore[return-value]
-
-
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
 
 class NodeStates:
