@@ -202,14 +202,10 @@ def load_average() -> float:
 
 
 def _py_spy_record(pid: int, seconds: float, path: Path, idle: bool) -> subprocess.Popen[bytes] | None:
-    from benchmarks.round_cost import RATE, py_spy
+    """round_cost's py-spy recording (at least a second), or None without py-spy."""
+    from benchmarks.round_cost import _record, py_spy
 
-    exe = py_spy()
-    if exe is None:
-        return None
-    cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", str(RATE)]
-    cmd += ["--format", "raw", "--output", str(path), "--nonblocking"] + (["--idle"] if idle else [])
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return None if py_spy() is None else _record(pid, max(1.0, seconds), path, idle)
 
 
 #: Where the process that runs fedetf's ServerApp (``flwr-simulation``: ServerApp thread and Flower's simulation
