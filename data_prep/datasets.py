@@ -149,16 +149,43 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 
 def load_digits_splits(seed: int, options: dict[str, Any]) -> ArraySplits:
-    """scikit-learn's bundled 8x8 digits (1,797 images), seeded stratified 75/25 split."""
+    """scikit-learn's bundled 8x8 digits (1,797 images), seeded stratified 75/25 split.
+
+    The split is kept in ``<data-root>/fedetf-cache/digits/`` per (seed, test fraction, scikit-learn version):
+    later processes of a run (every Ray actor, every deployment ClientApp process) load it without importing
+    scikit-learn (about 1 s of CPU each). A cache that cannot be read or written is rebuilt or skipped.
+    """
+    import zipfile
+    from importlib.metadata import version
+
+    from data_prep.vision import CACHE_FOLDER, resolve_data_root
+
+    test_fraction = float(options.get("test-fraction", 0.25))
+    name = f"split-seed{seed}-test{test_fraction}-sklearn{version('scikit-learn')}.npz"
+    path = resolve_data_root(str(options.get("data-root", "") or "")) / CACHE_FOLDER / "digits" / name
+    keys = ("x_train", "y_train", "x_test", "y_test")
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            return ArraySplits(*(cached[k] for k in keys))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent, or not whole: split again
+        pass
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
+    from fedetf.io import atomic_path
 
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
     labels = digits.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(
-        images, labels, test_size=float(options.get("test-fraction", 0.25)), stratify=labels, random_state=seed
+        images, labels, test_size=test_fraction, stratify=labels, random_state=seed
     )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **dict(zip(keys, (x_tr, y_tr, x_te, y_te), strict=True)))
+    except OSError:  # a read-only data root: no cache
+        pass
     return ArraySplits(x_tr, y_tr, x_te, y_te)
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from flwr.common import log
 
 #: The ``tracking`` choices.
@@ -199,9 +198,7 @@ class MlflowTracker(Tracker):
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
         if evaluations:
-            self.client.log_table(
-                self.run_id, pd.DataFrame(evaluations), artifact_file=f"evaluations/round_{step:04d}.json"
-            )
+            self.client.log_table(self.run_id, _frame(evaluations), artifact_file=f"evaluations/round_{step:04d}.json")
 
     def end(self, status: str, files: list[Path]) -> None:
         for f in files:
@@ -247,7 +244,7 @@ class WandbTracker(Tracker):
         data: dict[str, Any] = dict(metrics)
         if evaluations:
             data["clients/personal_acc"] = self.wandb.Histogram(_client_accuracies(evaluations).tolist())
-            data["clients/evaluations"] = self.wandb.Table(dataframe=pd.DataFrame(evaluations))
+            data["clients/evaluations"] = self.wandb.Table(dataframe=_frame(evaluations))
         self.run.log(data, step=step)
 
     def end(self, status: str, files: list[Path]) -> None:
@@ -355,3 +352,10 @@ def open_tracking(
     tracking = Tracking(tracker)
     tracking.start(run_identity(out_dir, config, about))
     return tracking
+
+
+def _frame(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """``rows`` as a pandas DataFrame (pandas is imported here: the ClientApp imports this module's choices)."""
+    import pandas as pd
+
+    return pd.DataFrame(rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 _TMP = tempfile.mkdtemp(prefix="fedetf-tests-")
@@ -14,6 +15,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per process (and per
 os.environ.setdefault("RAY_enable_worker_prestart", "0")
 os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no usage reports from test runs (nor waits for them)
+# Datasets' caches (e.g. the digits split) in the session's folder, not the user's ~/.cache; every process of a
+# test's runs (Ray actors, deployment ClientApps) inherits it.
+os.environ.setdefault("FEDETF_DATA_ROOT", os.path.join(_TMP, "data"))
+# Every Flower and Ray process of a run imports the app afresh (from the app copy, or the FAB installed in FLWR_HOME):
+# with PYTHONDONTWRITEBYTECODE set, each would compile the same modules again.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -53,7 +53,7 @@ def _deployment(
     port = _free_port()
     address = f"127.0.0.1:{port}"
     link_cmd = ["flower-superlink", "--host", "127.0.0.1", "--port", str(port)]
-    link_cmd += ["--disable-runtime-dependency-installation", "--database", str(tmp / "superlink.db")]
+    link_cmd += ["--disable-runtime-dependency-installation"]  # its state in memory (the default)
     if tls:
         link_cmd += ["--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"])]
         link_cmd += ["--ssl-keyfile", str(tls["key"])]
@@ -157,8 +157,10 @@ def _node_keys(tmp: Path, n: int) -> list[Path]:
 
 
 #: The run compared across engines (2 rounds: the second starts from an aggregated model). On the CPU: on a machine
-#: with a GPU, the SuperNodes' ClientApps would train on it, where float sums need not repeat bitwise.
-RUN = {"num-clients": 2, "num-server-rounds": 2, "local-epochs": 1, "seed": 3, "device": "cpu"}
+#: with a GPU, the SuperNodes' ClientApps would train on it, where float sums need not repeat bitwise. Without the
+#: all-client evaluation: every message is a ClientApp process of its own here (torch imported afresh), and the
+#: evaluate messages travel as the train messages do (the Ray engine's runs evaluate: test_flwr_cli).
+RUN = {"num-clients": 2, "num-server-rounds": 2, "local-epochs": 1, "seed": 3, "device": "cpu", "evaluate-every": 0}
 
 
 @pytest.fixture(scope="module")

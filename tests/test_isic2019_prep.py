@@ -569,7 +569,7 @@ def test_download_http_error_is_one_line(server, tmp_path: Path) -> None:
 def test_cli_prepare_subprocess_without_runtime_warning(fake: FakeIsic, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["--images", fake.images, "--metadata", fake.metadata_csv, "--ground-truth", fake.ground_truth_csv]
-    args += ["--ham-metadata", fake.ham_metadata_csv, "--out", out, "--split", fake.split_csv, "--workers", "2"]
+    args += ["--ham-metadata", fake.ham_metadata_csv, "--out", out, "--split", fake.split_csv, "--workers", "1"]
     # runpy warns when `python -m data_prep.isic2019` finds the module imported already (by data_prep/__init__).
     res = subprocess.run(
         [sys.executable, "-W", "default", "-m", "data_prep.isic2019", "prepare", *map(str, args)],

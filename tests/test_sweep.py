@@ -5,6 +5,8 @@ results; a third sweep skips it)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -408,7 +410,7 @@ def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
                 assert "flwr-simulation" in _cmdline(pid), _cmdline(pid)
                 os.kill(pid, signal.SIGKILL)
                 killed = pid
-            time.sleep(0.05)
+            time.sleep(0.1)
         stdout, stderr = first.communicate(timeout=1800)
         result |= {"first_rc": first.returncode, "first_out": stdout, "first_err": stderr, "killed": killed}
         result["before"] = _entries(out)
@@ -429,14 +431,9 @@ def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         result["mtime"] = (cut_dir / "run.json").stat().st_mtime_ns
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
         result |= {"third_rc": done.returncode, "third_out": done.stdout, "third_err": done.stderr}
-        rep = subprocess.run(
-            [sys.executable, "-m", "simulations.experiments.report", str(out)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        result |= {"report_rc": rep.returncode, "report_out": rep.stdout + rep.stderr}
+        with contextlib.redirect_stdout(io.StringIO()) as text, contextlib.redirect_stderr(text):
+            result["report_rc"] = _main(report, [str(out)])
+        result["report_out"] = text.getvalue()
         yield result
     finally:
         if first.poll() is None:  # an assertion above failed: do not leave the sweep running

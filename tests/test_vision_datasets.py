@@ -499,3 +499,27 @@ def test_truncated_idx_file_is_named_with_the_fix(
     msg = str(err.value)
     assert str(path) in msg and "IDX header" in msg and "truncated or damaged" in msg and "\n" not in msg
     assert f"python -m data_prep.vision {name} --root {tmp_path}" in msg
+
+
+def test_the_digits_split_is_cached_and_a_damaged_cache_is_split_again(tmp_path: Path) -> None:
+    """The cached split is scikit-learn's stratified split for that seed; a damaged cache file is replaced."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from data_prep.datasets import load_digits_splits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    expected = train_test_split(images, digits.target, test_size=0.25, stratify=digits.target, random_state=7)
+    options = {"data-root": str(tmp_path)}
+
+    def same(splits: object) -> bool:
+        got = [splits.x_train, splits.x_test, splits.y_train, splits.y_test]  # type: ignore[attr-defined]
+        return all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+
+    assert same(load_digits_splits(7, options))
+    [cached] = (tmp_path / vision.CACHE_FOLDER / "digits").glob("*.npz")
+    assert "seed7-test0.25-sklearn" in cached.name
+    assert same(load_digits_splits(7, options))  # from the cache
+    cached.write_bytes(cached.read_bytes()[:100])
+    assert same(load_digits_splits(7, options)) and np.load(cached)["y_test"].shape == (450,)
