@@ -3,6 +3,7 @@ the final summary."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -150,6 +151,11 @@ def check_output_dir(output_dir: str, resume: bool = False) -> None:
 
 
 def package_versions() -> dict[str, str]:
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         try:

@@ -30,7 +30,7 @@ from fedetf.methods import LocalMethod
 from simulations import checkpoint
 from simulations.config import ConfigError, RunConfig, parse_run_config
 from simulations.grid import MultiplexGrid, PartitionOrderedGrid
-from simulations.partition_plot import PARTITION_FILE, plot_partition
+from simulations.partition_plot import PARTITION_FILE, write_partition_png
 from simulations.results import (
     RunInfo,
     RunInfoError,
@@ -304,7 +304,7 @@ def draw_partition(cfg: RunConfig, out_dir: Path) -> None:
     if path.exists():
         return
     try:
-        plot_partition(federation(cfg), path)
+        write_partition_png(federation(cfg), path)
     except Exception as exc:  # noqa: BLE001 - a figure must never stop the run
         log(WARNING, "%s not drawn: %s: %s", PARTITION_FILE, type(exc).__name__, first_line(exc))
 

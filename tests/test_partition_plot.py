@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from simulations import partition_plot
 from simulations.config import parse_run_config
 from simulations.experiments import report
 from simulations.local import default_run_config
-from simulations.partition_plot import PARTITION_FILE, plot_partition
+from simulations.partition_plot import PARTITION_FILE, plot_partition, write_partition_png
 from simulations.results import RunInfo
 from simulations.task import federation
 
@@ -33,6 +34,23 @@ def test_plotted_counts_are_the_partitions(tmp_path: Path, overrides: dict[str, 
     (ax,) = fig.axes
     heights = np.array([[bar.get_height() for bar in container] for container in ax.containers]).T
     np.testing.assert_array_equal(heights, expected)
+
+
+def test_a_partition_drawn_before_is_written_again_without_drawing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs of one partition get the same PNG; the process draws it once (another partition is drawn anew)."""
+    drawn = []
+    draw = partition_plot.plot_partition
+    monkeypatch.setattr(partition_plot, "plot_partition", lambda *a: drawn.append(a[0]) or draw(*a))
+    first, other = ({**default_run_config(), "num-clients": 3, "seed": s} for s in (11, 12))
+    write_partition_png(federation(parse_run_config(first)), tmp_path / "a.png")
+    write_partition_png(federation(parse_run_config(first)), tmp_path / "again.png")
+    write_partition_png(federation(parse_run_config(other)), tmp_path / "b.png")
+    assert len(drawn) == 2 and drawn[0] is not drawn[1]
+    png = (tmp_path / "a.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and (tmp_path / "again.png").read_bytes() == png
+    assert (tmp_path / "b.png").read_bytes() != png
 
 
 def test_report_partition_from_overrides_and_from_a_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
