@@ -336,7 +336,7 @@ def draw_partition(args: Sequence[str], out: Path) -> Path:
     quotes optional) over the app's defaults, without training."""
     from simulations.config import ConfigError, parse_run_config
     from simulations.local import default_run_config
-    from simulations.partition_plot import plot_partition
+    from simulations.partition_plot import write_partition_png
     from simulations.task import federation
 
     raw = default_run_config()
@@ -354,7 +354,7 @@ def draw_partition(args: Sequence[str], out: Path) -> Path:
     except (SweepError, ConfigError) as e:
         raise ReportError(str(e)) from None
     out.mkdir(parents=True, exist_ok=True)
-    plot_partition(federation(cfg), out / PARTITION_FILE)
+    write_partition_png(federation(cfg), out / PARTITION_FILE)
     return out / PARTITION_FILE
 
 
