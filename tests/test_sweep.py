@@ -352,9 +352,12 @@ FLWR = shutil.which("flwr", path=str(Path(sys.executable).parent))
 #: One run: every `flwr run` pays Ray's start-up, so the sweep's bookkeeping over several runs, seeds and failing
 #: runs is tested above with a fake runner, and the sweep's reading of a real failing run's error line in
 #: test_flwr_cli. The run is SCAFFOLD (each client's c_i is state that must follow its partition, on the nodes and
-#: through the checkpoint), 4 clients on 2 Ray workers, 3 of them per round.
+#: through the checkpoint), 4 clients, 3 of them per round.
 RUN = {"dataset": "digits", "num-clients": 4, "fraction-train": 0.75, "num-server-rounds": 3, "local-epochs": 1}
-#: Two SuperNodes serve the four clients in turn: each client's c_i travels through the run's state store.
+#: Two SuperNodes serve the four clients in turn: each client's c_i travels through the run's state store. Two CPUs
+#: per client: one Ray actor (each costs about 8 s of CPU to start, torch's imports), with one torch thread (the
+#: OMP_NUM_THREADS=1 of tests/conftest.py). Client state kept in the actor's module globals would still show: the
+#: continued run's actor is a new process, and its results must equal the uninterrupted run's.
 SWEEP_ARGS = [
     "--methods",
     "scaffold",
@@ -364,6 +367,8 @@ SWEEP_ARGS = [
     "--set",
     "tracking=mlflow",
     "--num-supernodes",
+    "2",
+    "--cpus-per-client",
     "2",
 ]
 SWEEP_ARGS += [arg for key, value in RUN.items() for arg in ("--set", f"{key}={value}")]
