@@ -1,6 +1,5 @@
 """``partition.png``: the label counts of every client's train split (the first ``MAX_CLIENTS`` of a larger
-federation), drawn by flwr-datasets' ``plot_label_distributions`` from the run's own partition
-(:func:`simulations.task.federation`)."""
+federation) as stacked bars, from the run's own partition (:func:`simulations.task.federation`)."""
 
 from __future__ import annotations
 
@@ -35,56 +34,39 @@ PARTITION_KEYS = (
 MAX_CLIENTS = 100
 
 
-def partitioner(fed: Federation):  # noqa: ANN201 - flwr_datasets is imported here only (heavy)
-    """A flwr-datasets ``Partitioner`` over a ``datasets.Dataset`` of the train labels, whose partition ``i`` is
-    client ``i``'s train labels (the first ``MAX_CLIENTS`` clients)."""
-    from datasets import ClassLabel, Dataset, Features
-    from flwr_datasets.partitioner import Partitioner
-
-    class IndexPartitioner(Partitioner):
-        """The partitions given by their row indices."""
-
-        def __init__(self, indices: list[np.ndarray]) -> None:
-            super().__init__()
-            self.indices = indices
-
-        def load_partition(self, partition_id: int) -> Dataset:
-            return self.dataset.select(self.indices[partition_id])
-
-        @property
-        def num_partitions(self) -> int:
-            return len(self.indices)
-
-    k = fed.info.num_classes
+def label_counts(fed: Federation) -> pd.DataFrame:
+    """The train label counts of the first ``MAX_CLIENTS`` clients: one row per partition id, one column per class
+    (its name, or its index where the names are not unique)."""
+    n, k = min(fed.num_clients, MAX_CLIENTS), fed.info.num_classes
     names = list(fed.info.class_names)
     if len(names) != k or len(set(names)) != k:
         names = [str(c) for c in range(k)]
-    per_client = [np.asarray(fed.labels(c), dtype=np.int64) for c in range(min(fed.num_clients, MAX_CLIENTS))]
-    ends = np.cumsum([len(y) for y in per_client])
-    p = IndexPartitioner([np.arange(end - len(y), end) for y, end in zip(per_client, ends, strict=True)])
-    labels = np.concatenate(per_client)
-    p.dataset = Dataset.from_dict({"label": labels}, features=Features({"label": ClassLabel(names=names)}))
-    return p
+    counts = np.stack([np.asarray(fed.label_counts(c), dtype=np.int64) for c in range(n)])
+    return pd.DataFrame(counts, index=pd.RangeIndex(n, name="Partition ID"), columns=names)
 
 
 def plot_partition(fed: Federation, path: Path | BinaryIO, title: str = "") -> tuple[Figure, pd.DataFrame]:
     """Draw the clients' train label counts into ``path``; return the figure and the plotted counts (rows:
-    partition id, columns: classes)."""
-    from flwr_datasets.visualization import plot_label_distributions
+    partition id, columns: classes).
 
-    n, k = min(fed.num_clients, MAX_CLIENTS), fed.info.num_classes
+    The chart of flwr-datasets' ``plot_label_distributions`` (``plot_type="bar"``): pandas' stacked bars in the
+    ``RdYlGn`` colormap, drawn from the counts directly. That function needs a ``Partitioner`` over a Hugging Face
+    ``Dataset``, and importing it costs the ServerApp about 2.5 s of CPU and 190 MB (datasets, seaborn, scipy); a
+    test checks that both count the same.
+    """
+    counts = label_counts(fed)
+    n, k = len(counts), counts.shape[1]
     shown = f" (the first {n} of {fed.num_clients:,})" if n < fed.num_clients else ""
     fig = Figure(figsize=(min(4 + 0.35 * n, 40), 4.5), layout="constrained")
     ax = fig.add_subplot()
-    _, _, counts = plot_label_distributions(
-        partitioner(fed),
-        label_name="label",
-        axis=ax,
-        title=title or f"{fed.info.name}: train label counts per client{shown}",
-        legend=k <= 20,
-        legend_title="class",
-        verbose_labels=True,
-    )
+    counts.plot.bar(ax=ax, stacked=True, colormap="RdYlGn", rot=0, legend=False, xlabel="Partition ID", ylabel="Count")
+    ax.set_title(title or f"{fed.info.name}: train label counts per client{shown}")
+    if k <= 20:
+        handles, labels = ax.get_legend_handles_labels()  # the top class first, as the bars stack
+        fig.legend(handles[::-1], labels[::-1], title="class", loc="outside center right")
+    if n > 20:  # every other partition id, so that they do not overlap
+        for label in ax.get_xticklabels()[1::2]:
+            label.set_visible(False)
     fig.savefig(path, format="png", dpi=100, bbox_inches="tight")  # the legend is outside the axes
     return fig, counts
 

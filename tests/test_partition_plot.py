@@ -1,4 +1,5 @@
-"""``partition.png``: flwr-datasets' ``plot_label_distributions`` draws exactly the run's partition."""
+"""``partition.png``: the stacked bars of flwr-datasets' ``plot_label_distributions``, drawn from exactly the run's
+partition."""
 
 from __future__ import annotations
 
@@ -34,6 +35,34 @@ def test_plotted_counts_are_the_partitions(tmp_path: Path, overrides: dict[str, 
     (ax,) = fig.axes
     heights = np.array([[bar.get_height() for bar in container] for container in ax.containers]).T
     np.testing.assert_array_equal(heights, expected)
+
+
+def test_counts_equal_flwr_datasets_plot_label_distributions(tmp_path: Path) -> None:
+    """The counts drawn are those flwr-datasets' own plot counts over a ``Partitioner`` of the same labels."""
+    from datasets import ClassLabel, Dataset, Features
+    from flwr_datasets.partitioner import Partitioner
+    from flwr_datasets.visualization import plot_label_distributions
+
+    fed = federation(parse_run_config({**default_run_config(), "partition": "dirichlet", "num-clients": 6}))
+    per_client = [fed.labels(c) for c in range(fed.num_clients)]
+    ends = np.cumsum([len(y) for y in per_client])
+
+    class Given(Partitioner):
+        def load_partition(self, partition_id: int) -> Dataset:
+            return self.dataset.select(range(ends[partition_id] - len(per_client[partition_id]), ends[partition_id]))
+
+        @property
+        def num_partitions(self) -> int:
+            return len(per_client)
+
+    given = Given()
+    names = list(fed.info.class_names)
+    features = Features({"label": ClassLabel(names=names)})
+    given.dataset = Dataset.from_dict({"label": np.concatenate(per_client)}, features=features)
+    _, _, theirs = plot_label_distributions(given, label_name="label", verbose_labels=True, legend=False)
+    _, ours = plot_partition(fed, tmp_path / PARTITION_FILE)
+    assert list(ours.columns) == list(theirs.columns) == names
+    np.testing.assert_array_equal(ours.to_numpy(), theirs.to_numpy())
 
 
 def test_a_partition_drawn_before_is_written_again_without_drawing(
