@@ -28,8 +28,8 @@ from simulations import checkpoint
 from simulations.experiments import plan as sweep_plan
 from simulations.experiments import report, runner, runs, sweep
 from simulations.experiments.progress import Progress
+from simulations.experiments.runner import stage_app
 from simulations.local import local_superlink
-from tests.flwr_cli import app_copy
 from tests.inprocess import assert_same_results, run_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,6 +225,44 @@ def test_the_dry_run_prints_the_resume_free_commands(capsys: pytest.CaptureFixtu
     assert _main(sweep, ["--set", "resume=true", "--out", str(tmp_path), "--dry-run"]) == 2
 
 
+def test_the_staged_app_builds_the_fab_of_the_app_without_listing_its_venv(tmp_path: Path) -> None:
+    """The sweep's copy of the app: the FAB `flwr run` builds from it equals the one from the app folder; the
+    folders .gitignore or Flower exclude and the sweep's own folder are not copied."""
+    from flwr.cli.build import build_fab_from_disk
+
+    app = tmp_path / "app"
+    files = {
+        "pyproject.toml": (ROOT / "pyproject.toml").read_text(),
+        ".gitignore": "runs/\n*.log\n/data/\n",
+        "pkg/mod.py": "X = 1\n",
+        "pkg/conf.yaml": "a: 1\n",
+        "pkg/__pycache__/mod.cpython-311.pyc": "",
+        "pkg/test_mod.py": "",
+        "README.md": "# app\n",
+        "sub/build/kept.py": "",  # Flower's build/** is anchored at the root
+        "sub/data/kept.json": "{}",  # so is the .gitignore's /data/
+        "build/dropped.py": "",
+        ".venv/lib/site.py": "",
+        "venv/lib/site.py": "",
+        ".git/info.json": "{}",
+        "runs/r1/run.json": "{}",
+        "data/x.json": "{}",
+        "run.log": "",
+        "sweep/sweep.json": "{}",
+    }
+    for name, text in files.items():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(text)
+    staged = stage_app(app, tmp_path / "staged", skip=[app / "sweep"])
+    copied = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+    assert copied == [
+        ".git/info.json", ".gitignore", "README.md", "pkg/conf.yaml", "pkg/mod.py", "pkg/test_mod.py", "pyproject.toml",
+        "sub/build/kept.py", "sub/data/kept.json",
+    ]  # fmt: skip
+    shutil.rmtree(app / "sweep")
+    assert build_fab_from_disk(staged) == build_fab_from_disk(app)
+
+
 def test_progress_reads_the_rounds_from_metrics_csv(tmp_path: Path) -> None:
     run = _plan("--methods", "fedavg", "--seeds", "0")[0]
     run_dir = tmp_path / "run"
@@ -399,9 +437,8 @@ def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     tmp = tmp_path_factory.mktemp("sweep")
     out = tmp / "sweep"
     env = local_superlink().env
-    # The app from a copy without .venv (tests/flwr_cli.app_copy: `flwr run .` walks every file of its folder).
+    # The default app: this checkout, which the sweep stages without its .venv (test_the_staged_app_...).
     cmd = [sys.executable, "-m", "simulations.experiments.sweep", *SWEEP_ARGS, "--out", str(out)]
-    cmd += ["--app", str(app_copy())]
     cut_dir = out / "runs" / CUT
     result: dict[str, Any] = {"out": out}
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

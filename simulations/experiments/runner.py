@@ -1,4 +1,4 @@
-"""One run of a sweep: ``flwr run . --stream`` in the app folder, its log, its outcome, and stopping it."""
+"""One run of a sweep: ``flwr run . --stream`` in the (staged) app folder, its log, its outcome, and stopping it."""
 
 from __future__ import annotations
 
@@ -88,6 +88,44 @@ def environment() -> dict[str, str]:
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"  # flwr starts flower-superlink from PATH
     return env
+
+
+def stage_app(app: Path, dest: Path, skip: Sequence[Path] = ()) -> Path:
+    """Copy the files of the Flower app ``app`` that ``flwr run`` may package into ``dest`` (created), leaving out
+    the folders in ``skip``; return ``dest``.
+
+    ``flwr run`` lists every file under the app folder before it applies the app's ``.gitignore`` and Flower's own
+    exclusions: a virtual environment inside the checkout (``.venv``, about 60,000 files) costs each run about 8 s
+    of CPU. This copy skips the folders those rules exclude without listing them, and the files the ``.gitignore``
+    excludes; a FAB built from it equals one built from ``app``. A sweep stages its app once: every
+    run then reads a few hundred files, and all of them run the same code even if the checkout changes meanwhile.
+    """
+    import pathspec
+    from flwr.common.constant import FAB_EXCLUDE_PATTERNS
+
+    ignore = app / ".gitignore"
+    ignored = pathspec.GitIgnoreSpec.from_lines(ignore.read_text().splitlines() if ignore.is_file() else [])
+    # Flower's folder exclusions (``build/**``: anchored at the app's root, ``**/__pycache__/**``: anywhere).
+    folders = [p[:-2] if p.startswith("**/") else f"/{p[:-2]}" for p in FAB_EXCLUDE_PATTERNS if p.endswith("/**")]
+    pruned = pathspec.GitIgnoreSpec.from_lines(folders)
+    skipped = {Path(p).resolve() for p in skip}
+    for root, dirs, files in os.walk(app):
+        rel = Path(root).relative_to(app)
+        dirs[:] = [
+            d
+            for d in dirs
+            if not Path(root, d).is_symlink()
+            and Path(root, d).resolve() not in skipped
+            and not pruned.match_file(f"{(rel / d).as_posix()}/")
+            and not ignored.match_file(f"{(rel / d).as_posix()}/")
+        ]
+        for name in files:
+            src, path = Path(root, name), (rel / name).as_posix()
+            if src.is_symlink() or ignored.match_file(path):
+                continue
+            (dest / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / path)
+    return dest
 
 
 def _dead_writer(run_dir: Path, stale_pid: int | None) -> int | None:

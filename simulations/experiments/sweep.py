@@ -3,7 +3,8 @@
 Usage: ``fedetf-sweep --methods fedavg fedgela --seeds 0-2 --out SWEEP_DIR [--set KEY=VALUE ...]
 [--grid KEY=V1,V2 ...] [--preset FILE.toml] [--num-supernodes N] [--cpus-per-client 1] [--timeout S]``.
 
-Every combination runs as ``flwr run . --stream`` in the app folder (the path users use), one after
+Every combination runs as ``flwr run . --stream`` in the app folder, staged once per sweep without its virtual
+environment (:func:`~simulations.experiments.runner.stage_app`; the path users use), one after
 the other on the local SuperLink that the first ``flwr run`` starts and the others reuse, each into
 ``SWEEP_DIR/runs/<name>/``. ``SWEEP_DIR/sweep.json`` holds the plan and each run's status, error and
 timings. Rerunning the same command skips finished runs, continues a cut run from its checkpoint
@@ -19,9 +20,10 @@ import argparse
 import itertools
 import re
 import shlex
+import shutil
 import signal
-import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Sequence
@@ -45,7 +47,7 @@ from simulations.experiments.plan import (
     toml_value,
 )
 from simulations.experiments.progress import Progress
-from simulations.experiments.runner import Runner, environment, flwr_executable, superlink_running
+from simulations.experiments.runner import Runner, environment, flwr_executable, stage_app, superlink_running
 from simulations.experiments.state import State, check_finished_config, move_aside, now, resumable
 
 #: Seconds to wait for a cut run's ServerApp process to end before its folder is touched.
@@ -167,23 +169,6 @@ def _install_signals() -> None:
         signal.signal(sig, handler)
 
 
-def _warn_if_packaged(out: Path, app: Path, write: Any) -> None:
-    """Flower packs the app folder's .json/.md files (10 MB at most) for every run: warn if the sweep is among them."""
-    try:
-        out.resolve().relative_to(app)
-    except ValueError:
-        return
-    try:
-        res = subprocess.run(["git", "check-ignore", "-q", str(out)], cwd=app, capture_output=True, check=False)
-    except OSError:  # no git: say nothing
-        return
-    if res.returncode == 1:
-        write(
-            f"warning: {out} is inside the app folder and not git-ignored: Flower packs its .json/.md files into "
-            "every run (10 MB limit); prefer runs/<name> (ignored) or a folder outside the app"
-        )
-
-
 def _free_log(logs: Path, stem: str) -> Path:
     for n in itertools.count(1):
         path = logs / f"{stem}.{n}.log"
@@ -245,14 +230,30 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(app, plan, out, args)
     env = environment()
-    runner = Runner(flwr_executable(), app, env, args.cpus_per_client, args.gpus_per_client, args.verbose)
+    staged = Path(tempfile.mkdtemp(prefix="fedetf-app-"))
+    try:
+        copy = stage_app(app, staged / "app", skip=[out])  # the sweep's own folder is no part of the app
+        runner = Runner(flwr_executable(), copy, env, args.cpus_per_client, args.gpus_per_client, args.verbose)
+        return _run_plan(args, plan, header, out, env, runner)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def _run_plan(
+    args: argparse.Namespace,
+    plan: list[PlannedRun],
+    header: dict[str, Any],
+    out: Path,
+    env: dict[str, str],
+    runner: Runner,
+) -> int:
+    """Run the plan's unfinished runs with ``runner`` (the app staged once); return the exit status."""
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     state = State(out, header, plan)
     todo, resume = _plan_runs(state, plan, out, runner)
     progress = Progress(total=len(plan), done=len(plan) - len(todo), disable=args.no_progress)
     write = progress.write
-    _warn_if_packaged(out, app, write)
     if len(todo) < len(plan):
         write(f"resuming {out}: {len(plan) - len(todo)} of {len(plan)} runs finished earlier are skipped")
     if todo and not superlink_running(env):
