@@ -225,6 +225,7 @@ def test_the_dry_run_prints_the_resume_free_commands(capsys: pytest.CaptureFixtu
     assert _main(sweep, ["--set", "resume=true", "--out", str(tmp_path), "--dry-run"]) == 2
 
 
+@pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")  # Flower's own use of pathspec
 def test_the_staged_app_builds_the_fab_of_the_app_without_listing_its_venv(tmp_path: Path) -> None:
     """The sweep's copy of the app: the FAB `flwr run` builds from it equals the one from the app folder; the
     folders .gitignore or Flower exclude and the sweep's own folder are not copied."""
@@ -261,6 +262,18 @@ def test_the_staged_app_builds_the_fab_of_the_app_without_listing_its_venv(tmp_p
     ]  # fmt: skip
     shutil.rmtree(app / "sweep")
     assert build_fab_from_disk(staged) == build_fab_from_disk(app)
+
+
+def test_an_app_that_cannot_be_staged_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    (app / "task.py").symlink_to(app / "missing.py")  # skipped, as flwr run skips links
+    os.mkfifo(app / "feed.json")  # no file to copy (flwr run would wait on it forever)
+    argv = ["--methods", "fedavg", "--seeds", "0", "--out", str(tmp_path / "sweep"), "--app", str(app)]
+    assert _main(sweep, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fedetf-sweep: error: --app {app}: cannot copy its files for the runs:") and "\n" not in err
 
 
 def test_progress_reads_the_rounds_from_metrics_csv(tmp_path: Path) -> None:

@@ -232,7 +232,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     env = environment()
     staged = Path(tempfile.mkdtemp(prefix="fedetf-app-"))
     try:
-        copy = stage_app(app, staged / "app", skip=[out])  # the sweep's own folder is no part of the app
+        try:
+            copy = stage_app(app, staged / "app", skip=[out])  # the sweep's own folder is no part of the app
+        except OSError as e:
+            raise SweepError(f"--app {app}: cannot copy its files for the runs: {e}") from None
         runner = Runner(flwr_executable(), copy, env, args.cpus_per_client, args.gpus_per_client, args.verbose)
         return _run_plan(args, plan, header, out, env, runner)
     finally:
