@@ -415,8 +415,6 @@ SWEEP_ARGS = [
     "--seeds",
     "0",
     "--no-progress",
-    "--set",
-    "tracking=mlflow",
     "--num-supernodes",
     "2",
     "--cpus-per-client",
@@ -527,26 +525,6 @@ def test_a_run_cut_mid_way_is_continued_from_its_checkpoint(real_sweep: dict[str
     assert not list((out / "runs").glob("*.incomplete-*")) and _entries(out)[CUT]["resumed"] is True
     assert runs.finished(cut_dir) and (out / "logs" / f"{CUT}.log").exists()
     assert (out / "logs" / f"{CUT}.1.log").exists(), "the cut attempt's log is kept"
-
-
-@pytest.mark.slow
-@needs_flwr
-def test_a_sweep_with_mlflow_tracking_carries_the_csv_metrics(real_sweep: dict[str, Any]) -> None:
-    """`fedetf-sweep --set tracking=mlflow`: the sweep's experiment in the default SQLite store beside its runs
-    holds the cut attempt (rounds up to the kill) and the continued run (the rounds after its checkpoint), whose
-    metrics together are metrics.csv's, and the continued run ended FINISHED."""
-    mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed (pip install -e '.[mlflow]')")
-    out: Path = real_sweep["out"]
-    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out / 'runs' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(out.name)
-    assert experiment is not None
-    tracked = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    assert len(tracked) == 2 and tracked[-1].info.status == "FINISHED"
-    assert all(r.data.tags.get("method") == "scaffold" and r.data.tags.get("seed") == "0" for r in tracked)
-    metrics = pd.read_csv(out / "runs" / CUT / "metrics.csv").set_index("round")
-    for column in ("generic_acc", "personal_acc", "train_loss"):
-        logged = {m.step: m.value for r in tracked for m in client.get_metric_history(r.info.run_id, column)}
-        assert logged == pytest.approx(metrics[column].to_dict()), column
 
 
 @pytest.mark.slow

@@ -106,6 +106,35 @@ def test_mlflow_store_holds_the_csv_and_groups_a_sweep(tmp_path: Path) -> None:
     assert len(client.list_artifacts(run.info.run_id, "evaluations")) == 2  # one table per evaluated round
 
 
+@pytest.mark.slow
+def test_mlflow_holds_a_cut_run_and_its_continuation(tmp_path: Path) -> None:
+    """A run killed after round 2 (its checkpoint: round 1's) and continued with ``resume=true``: the sweep's
+    experiment holds the cut attempt (rounds up to the kill) and the continued run (the rounds after the
+    checkpoint), whose metrics together are metrics.csv's; the continued run ended FINISHED."""
+    pytest.importorskip("mlflow", reason="mlflow is not installed (pip install -e '.[mlflow]')")
+    from mlflow.tracking import MlflowClient
+
+    sweep = tmp_path / "sweep-cut"
+    (sweep / "runs").mkdir(parents=True)
+    (sweep / "sweep.json").write_text(json.dumps({"grid": {}, "runs": []}))
+    out = sweep / "runs" / "scaffold_seed0"
+    run = {**SMALL, "method": "scaffold", "num-server-rounds": 3, "checkpoint-every": 1, "output-dir": str(out)}
+    run["tracking"] = "mlflow"
+    assert run_in_process(run, kill_after=2).exit == "killed"
+    assert run_in_process({**run, "resume": True}).exit is None
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(sweep.name)
+    assert experiment is not None
+    tracked = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    assert len(tracked) == 2 and tracked[-1].info.status == "FINISHED"
+    assert all(r.data.tags.get("method") == "scaffold" and r.data.tags.get("seed") == "0" for r in tracked)
+    metrics = pd.read_csv(out / "metrics.csv").set_index("round")
+    assert list(metrics.index) == [1, 2, 3]
+    for column in ("generic_acc", "personal_acc", "train_loss"):
+        logged = {m.step: m.value for r in tracked for m in client.get_metric_history(r.info.run_id, column)}
+        assert logged == pytest.approx(metrics[column].to_dict()), column
+
+
 def _wandb_records(path: Path) -> list[Any]:
     """The records of a W&B ``.wandb`` file (a LevelDB-style log of protobuf records in 32 KiB blocks)."""
     from wandb.proto import wandb_internal_pb2
