@@ -158,11 +158,11 @@ def load_digits_splits(seed: int, options: dict[str, Any]) -> ArraySplits:
     import zipfile
     from importlib.metadata import version
 
-    from data_prep.vision import CACHE_FOLDER, resolve_data_root
+    from data_prep.vision import cache_dir, resolve_data_root
 
     test_fraction = float(options.get("test-fraction", 0.25))
     name = f"split-seed{seed}-test{test_fraction}-sklearn{version('scikit-learn')}.npz"
-    path = resolve_data_root(str(options.get("data-root", "") or "")) / CACHE_FOLDER / "digits" / name
+    path = cache_dir(resolve_data_root(str(options.get("data-root", "") or "")), "digits") / name
     keys = ("x_train", "y_train", "x_test", "y_test")
     try:
         with np.load(path, allow_pickle=False) as cached:
