@@ -28,7 +28,6 @@ refused with one line naming the file (:class:`~data_prep.datasets.CorruptCacheE
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import string
@@ -299,23 +298,16 @@ def open_cache(folder: Path) -> FemnistSplits | None:
         ``done.json`` says the cache is complete but it is unreadable, or a ``.npy`` file is missing,
         truncated, of another shape or size, or holds labels or client ids out of range.
     """
-    from data_prep.vision import _open_array
+    from data_prep.vision import read_cache
 
-    marker_path = folder / "done.json"
-    try:
-        marker = json.loads(marker_path.read_text())
-    except FileNotFoundError:
+    cached = read_cache(folder, NAME, keys=ARRAYS, cache_format=(CACHE_FORMAT, CACHE_VERSION))
+    if cached is None:
         return None
-    except (OSError, ValueError) as e:
-        raise _corrupt(folder, marker_path, f"is unreadable ({e})") from None
-    if not isinstance(marker, dict) or (marker.get("format"), marker.get("version")) != (CACHE_FORMAT, CACHE_VERSION):
-        return None  # another format: rebuilt
+    marker, arrays = cached
+    marker_path = folder / "done.json"
     writers = marker.get("writers")
     if not isinstance(writers, list) or not all(isinstance(w, str) for w in writers):
         raise _corrupt(folder, marker_path, "lacks the list of writers")
-    metas = marker.get("arrays")
-    metas = metas if isinstance(metas, dict) else {}
-    arrays = {k: _open_array(folder, NAME, k, metas.get(k)) for k in ARRAYS}
     for key, bound in (("y", len(CLASS_NAMES)), ("clients", len(writers))):
         for split in ("train", "test"):
             values = arrays[f"{key}_{split}"]

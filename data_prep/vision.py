@@ -234,6 +234,37 @@ def _open_array(folder: Path, name: str, key: str, meta: Any) -> np.ndarray:
     return arr
 
 
+def read_cache(
+    folder: Path,
+    name: str,
+    *,
+    keys: tuple[str, ...] = ARRAYS,
+    cache_format: tuple[str, int] = (CACHE_FORMAT, CACHE_VERSION),
+) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """What :func:`write_cache` wrote: ``done.json`` and the arrays ``keys``, memory-mapped read-only and checked
+    against it; None if absent, unfinished (no done.json), of another format or of another dataset.
+
+    Raises
+    ------
+    CorruptCacheError
+        ``done.json`` is unreadable, or a ``.npy`` file is missing, truncated, or of another shape or size.
+    """
+    marker_path = folder / "done.json"
+    try:
+        marker = json.loads(marker_path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise _corrupt(folder, name, marker_path, f"is unreadable ({e})") from None
+    if not isinstance(marker, dict) or (marker.get("format"), marker.get("version")) != cache_format:
+        return None  # another format: rebuilt
+    if marker.get("dataset") != name:
+        return None
+    metas = marker.get("arrays")
+    metas = metas if isinstance(metas, dict) else {}
+    return marker, {k: _open_array(folder, name, k, metas.get(k)) for k in keys}
+
+
 def open_cache(folder: Path, name: str) -> ArraySplits | None:
     """The cache memory-mapped read-only; None if absent, unfinished (no done.json) or of another format.
 
@@ -243,20 +274,10 @@ def open_cache(folder: Path, name: str) -> ArraySplits | None:
         ``done.json`` says the cache is complete but it is unreadable, or a ``.npy`` file is missing,
         truncated, of another shape or size, or holds labels outside the dataset's classes.
     """
-    marker_path = folder / "done.json"
-    try:
-        marker = json.loads(marker_path.read_text())
-    except FileNotFoundError:
+    cached = read_cache(folder, name)
+    if cached is None:
         return None
-    except (OSError, ValueError) as e:
-        raise _corrupt(folder, name, marker_path, f"is unreadable ({e})") from None
-    if not isinstance(marker, dict) or (marker.get("format"), marker.get("version")) != (CACHE_FORMAT, CACHE_VERSION):
-        return None  # another format: rebuilt
-    if marker.get("dataset") != name:
-        return None
-    metas = marker.get("arrays")
-    metas = metas if isinstance(metas, dict) else {}
-    arrays = {k: _open_array(folder, name, k, metas.get(k)) for k in ARRAYS}
+    arrays = cached[1]
     num_classes = VISION_INFOS[name].num_classes
     for key in ("y_train", "y_test"):
         y = arrays[key]
